@@ -1,0 +1,137 @@
+"""The append-only audit trail and the per-change state projection it maintains."""
+from django.conf import settings
+from django.db import models
+from django.db.models.functions import Now
+from django.utils.translation import gettext_lazy as _
+
+
+class AppendOnlyError(Exception):
+    """Raised on any attempt to change or remove an audit entry."""
+
+
+class ChangeStateName(models.TextChoices):
+    STARTED = "STARTED", _("Started")
+    APPLIED = "APPLIED", _("Applied")
+    FAILED = "FAILED", _("Failed")
+    ROLLED_BACK = "ROLLED_BACK", _("Rolled back")
+    ROLLBACK_STARTED = "ROLLBACK_STARTED", _("Rollback started")
+    ROLLBACK_FAILED = "ROLLBACK_FAILED", _("Rollback failed")
+    MANUAL_MARKED_AS_APPLIED = "MANUAL_MARKED_AS_APPLIED", _("Manually marked as applied")
+    MANUAL_MARKED_AS_ROLLED_BACK = "MANUAL_MARKED_AS_ROLLED_BACK", _("Manually marked as rolled back")
+    SKIPPED = "SKIPPED", _("Skipped")
+
+
+#: The event written for each change state (DOMAIN §8).
+STATE_EVENTS = {
+    ChangeStateName.STARTED: "change.started",
+    ChangeStateName.APPLIED: "change.applied",
+    ChangeStateName.FAILED: "change.failed",
+    ChangeStateName.ROLLED_BACK: "change.rolled_back",
+    ChangeStateName.ROLLBACK_STARTED: "change.rollback_started",
+    ChangeStateName.ROLLBACK_FAILED: "change.rollback_failed",
+    ChangeStateName.MANUAL_MARKED_AS_APPLIED: "change.marked_applied",
+    ChangeStateName.MANUAL_MARKED_AS_ROLLED_BACK: "change.marked_rolled_back",
+    ChangeStateName.SKIPPED: "change.skipped",
+}
+
+#: States that count as "the change's effect is in place".
+APPLIED_STATES = frozenset({ChangeStateName.APPLIED, ChangeStateName.MANUAL_MARKED_AS_APPLIED})
+
+
+class AuditEntryQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AppendOnlyError("Audit entries cannot be updated.")
+
+    def delete(self):
+        raise AppendOnlyError("Audit entries cannot be deleted.")
+
+    _raw_delete = delete
+
+    def bulk_update(self, objs, fields, batch_size=None):
+        raise AppendOnlyError("Audit entries cannot be updated.")
+
+
+class AuditEntry(models.Model):
+    """One event in the trail. Written only by :func:`audit_app.services.audit_record`."""
+
+    event = models.CharField(max_length=64, db_index=True)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    environment = models.CharField(max_length=64)
+    # The change this entry is about, if any.
+    change_id = models.CharField(max_length=200, blank=True, default="")
+    stage = models.CharField(max_length=200, blank=True, default="")
+    order = models.CharField(max_length=64, blank=True, default="")
+    target = models.CharField(max_length=200, blank=True, default="")
+    state = models.CharField(max_length=32, choices=ChangeStateName.choices, blank=True, default="")
+    checksum = models.CharField(max_length=64, blank=True, default="")
+    transaction_strategy = models.CharField(max_length=32, blank=True, default="")
+    recovery_strategy = models.CharField(max_length=32, blank=True, default="")
+    # Who and where.
+    run_id = models.UUIDField(null=True, blank=True, db_index=True)
+    actor = models.CharField(max_length=200)
+    # A link without a database constraint: deleting a user never touches the trail.
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    host = models.CharField(max_length=255, blank=True, default="")
+    pid = models.IntegerField(null=True, blank=True)
+    fencing_token = models.BigIntegerField(null=True, blank=True)
+    duration_ms = models.FloatField(null=True, blank=True)
+    reason = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    rollback_error = models.TextField(blank=True, default="")
+    details = models.JSONField(default=dict, blank=True)
+
+    objects = AuditEntryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "audit entries"
+        indexes = [
+            models.Index(fields=["change_id", "id"], name="audit_change_id_idx"),
+            models.Index(fields=["created_at"], name="audit_created_at_idx"),
+        ]
+
+    def __str__(self):
+        subject = self.change_id or (str(self.run_id) if self.run_id else "")
+        return f"#{self.pk} {self.event} {subject}".strip()
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None or not self._state.adding:
+            raise AppendOnlyError("Audit entries cannot be updated.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("Audit entries cannot be deleted.")
+
+
+class ChangeState(models.Model):
+    """The latest state of each change: a projection of the trail, kept by its one writer.
+
+    It exists so that a plan reads one small table instead of scanning the history, and so that
+    a writer can lock the change's row (``select_for_update``) to re-read its state before it
+    commits an entry. The trail stays the truth: this row can always be rebuilt from it.
+    """
+
+    change_id = models.CharField(max_length=200, primary_key=True)
+    state = models.CharField(max_length=32, choices=ChangeStateName.choices)
+    checksum = models.CharField(max_length=64, blank=True, default="")
+    entry = models.ForeignKey(AuditEntry, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    run_id = models.UUIDField(null=True, blank=True)
+    stage = models.CharField(max_length=200, blank=True, default="")
+    order = models.CharField(max_length=64, blank=True, default="")
+    target = models.CharField(max_length=200, blank=True, default="")
+    #: How many times the change reached an applied state; keys the marker of a separate database.
+    applied_count = models.IntegerField(default=0)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        verbose_name = "change state"
+
+    def __str__(self):
+        return f"{self.change_id}: {self.state}"

@@ -1,0 +1,71 @@
+"""Who acts is proven, not declared (DOMAIN §6): a personal API token, or, in an unprotected
+environment only, the local operator recorded by operating-system user and host."""
+from __future__ import annotations
+
+import getpass
+import os
+
+from django.db.models import Q
+from django.utils import timezone
+
+from audit_app.services import HOSTNAME, Actor
+
+from .governance import environment_protected
+from .models import ApiToken
+
+
+class IdentityError(Exception):
+    """No acceptable identity: the command refuses to act."""
+
+
+def os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        return str(os.getuid())
+
+
+def token_create(*, user, name: str, created_by: str, expires_at=None) -> tuple[ApiToken, str]:
+    """Create a token; the key is returned once and only its hash is stored."""
+    key = ApiToken.generate_key()
+    token = ApiToken.objects.create(
+        user=user, name=name, key_hash=ApiToken.hash_key(key), key_prefix=key[:12], created_by=created_by, expires_at=expires_at
+    )
+    return token, key
+
+
+def token_user(key: str):
+    """The active user of a valid, unrevoked, unexpired token, or ``None``."""
+    if not key:
+        return None
+    token = (
+        ApiToken.objects.select_related("user")
+        .filter(key_hash=ApiToken.hash_key(key), revoked_at__isnull=True, user__is_active=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+        .first()
+    )
+    if token is None:
+        return None
+    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    return token.user
+
+
+def cli_actor(*, token: str | None = None) -> Actor:
+    """The CLI's actor: the token's user (with the OS user and host beside it), or the local operator."""
+    token = token if token is not None else os.environ.get("FLAMINGOCK_TOKEN", "")
+    if token:
+        user = token_user(token)
+        if user is None:
+            raise IdentityError("FLAMINGOCK_TOKEN is not a valid, active token")
+        return Actor(name=user.get_username(), user_id=user.pk, via="cli", os_user=os_user())
+    if environment_protected():
+        raise IdentityError("this environment is protected: set FLAMINGOCK_TOKEN to a personal API token")
+    return Actor(name=f"{os_user()}@{HOSTNAME}", via="cli", os_user=os_user())
+
+
+def user_actor(user, *, via: str) -> Actor:
+    return Actor(name=user.get_username(), user_id=user.pk, via=via)
+
+
+def service_actor(name: str = "scheduler") -> Actor:
+    return Actor(name=f"service:{name}", via="schedule")

@@ -1,0 +1,220 @@
+"""The pipeline lock: a lease with heartbeat, and a fencing token from the audit database.
+
+Backends honour one contract (:class:`LockBackend`); this module has the database lease lock of
+the embedded default. Whatever the backend, the fencing token comes from the :class:`Fence` row of
+the audit database and every fenced write checks it there (:meth:`Lease.check`), so a holder that
+lost its lease cannot write, whatever the lock store says.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from django.conf import settings
+from django.db import IntegrityError, connections, router, transaction
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from audit_app.services import Actor, FenceRefused
+
+from .models import Fence, LockLease
+
+logger = logging.getLogger("flamingock.lock")
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds the lock, for the admin, the CLI and LOCKED runs."""
+
+    name: str
+    run_id: str
+    holder: str
+    host: str
+    pid: int | None
+    token: int | None
+    since: datetime | None
+    expires_at: datetime | None
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "run_id": self.run_id,
+            "holder": self.holder,
+            "host": self.host,
+            "pid": self.pid,
+            "token": self.token,
+            "since": self.since.isoformat() if self.since else None,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "expired": self.expired,
+        }
+
+
+class LockBackend(Protocol):
+    name: str
+    lease_seconds: float
+
+    def try_acquire(self, *, run_id: uuid.UUID, actor: Actor) -> Lease | None: ...
+
+    def holder(self) -> Holder | None: ...
+
+    def force_release(self) -> Holder | None: ...
+
+
+def fence_advance(name: str) -> int:
+    """Take the next fencing token. Waits for the row lock a fenced transaction holds to commit."""
+    using = router.db_for_write(Fence)
+    try:
+        Fence.objects.using(using).get_or_create(name=name)
+    except IntegrityError:  # created concurrently
+        pass
+    with transaction.atomic(using=using):
+        Fence.objects.using(using).filter(name=name).update(token=F("token") + 1)
+        return Fence.objects.using(using).values_list("token", flat=True).get(name=name)
+
+
+class Lease:
+    """An acquired lock: a fence for the audit writer, a heartbeat, and compare-and-delete release."""
+
+    def __init__(self, backend: LockBackend, *, token: int, run_id: uuid.UUID):
+        self.backend = backend
+        self.name = backend.name
+        self.token = token
+        self.run_id = run_id
+        self.lost_reason = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # Fence protocol (audit_app.services.Fence)
+    def check(self, *, using: str) -> None:
+        with connections[using].cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {Fence._meta.db_table} SET checked_at = CURRENT_TIMESTAMP WHERE name = %s AND token = %s",
+                [self.name, self.token],
+            )
+            if cursor.rowcount != 1:
+                self.lost_reason = self.lost_reason or f"fencing token {self.token} is no longer the newest"
+                raise FenceRefused(f"fencing token {self.token} of lock {self.name!r} is stale: another holder took the lock")
+
+    @property
+    def lost(self) -> bool:
+        return bool(self.lost_reason)
+
+    def start_heartbeat(self) -> None:
+        self._thread = threading.Thread(target=self._beat, name=f"flamingock-heartbeat-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        interval = self.backend.lease_seconds / 3
+        try:
+            while not self._stop.wait(interval):
+                try:
+                    if not self.backend.extend(self):
+                        self.lost_reason = "the lease was taken over or released by someone else"
+                        return
+                except Exception as error:  # a lost store connection: stop before the next change
+                    self.lost_reason = f"heartbeat failed: {error}"
+                    logger.warning("lock %s: %s", self.name, self.lost_reason)
+                    return
+        finally:
+            connections.close_all()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.backend.lease_seconds)
+        if not self.lost:
+            try:
+                self.backend.release(self)
+            except Exception as error:  # the lease expires on its own
+                logger.warning("lock %s: release failed: %s", self.name, error)
+
+
+class DatabaseLeaseLock:
+    """A lease lock in the audit database; the embedded default, and the same contract as Redis."""
+
+    def __init__(self, name: str, *, lease_seconds: float = 60.0):
+        self.name = name
+        self.lease_seconds = lease_seconds
+        self.using = router.db_for_write(LockLease)
+
+    def _expiry(self):
+        return ExpressionWrapper(Now() + Value(timedelta(seconds=self.lease_seconds)), output_field=DateTimeField())
+
+    def try_acquire(self, *, run_id, actor) -> Lease | None:
+        try:
+            LockLease.objects.using(self.using).get_or_create(name=self.name)
+        except IntegrityError:
+            pass
+        with transaction.atomic(using=self.using):
+            claimed = (
+                LockLease.objects.using(self.using)
+                .filter(name=self.name)
+                .filter(Q(owner="") | Q(expires_at__lte=Now()))
+                .update(
+                    owner=uuid.uuid4().hex,
+                    run_id=run_id,
+                    holder=actor.name,
+                    host=actor.host,
+                    pid=actor.pid,
+                    acquired_at=Now(),
+                    expires_at=self._expiry(),
+                )
+            )
+            if not claimed:
+                return None
+            token = fence_advance(self.name)
+            LockLease.objects.using(self.using).filter(name=self.name).update(token=token)
+        return Lease(self, token=token, run_id=run_id)
+
+    def extend(self, lease: Lease) -> bool:
+        return bool(
+            LockLease.objects.using(self.using)
+            .filter(name=self.name, token=lease.token)
+            .exclude(owner="")
+            .update(expires_at=self._expiry())
+        )
+
+    def release(self, lease: Lease) -> bool:
+        return bool(
+            LockLease.objects.using(self.using)
+            .filter(name=self.name, token=lease.token)
+            .update(owner="", run_id=None, holder="", host="", pid=None, expires_at=None)
+        )
+
+    def holder(self) -> Holder | None:
+        row = LockLease.objects.using(self.using).filter(name=self.name).exclude(owner="").first()
+        if row is None:
+            return None
+        return Holder(self.name, str(row.run_id or ""), row.holder, row.host, row.pid, row.token, row.acquired_at, row.expires_at)
+
+    def force_release(self) -> Holder | None:
+        with transaction.atomic(using=self.using):
+            row = LockLease.objects.using(self.using).select_for_update().filter(name=self.name).exclude(owner="").first()
+            if row is None:
+                return None
+            holder = Holder(self.name, str(row.run_id or ""), row.holder, row.host, row.pid, row.token, row.acquired_at, row.expires_at)
+            LockLease.objects.using(self.using).filter(name=self.name).update(owner="", run_id=None, holder="", host="", pid=None, expires_at=None)
+        # Advancing the fence makes sure the released holder can write nothing more.
+        fence_advance(self.name)
+        return holder
+
+
+def lock_backend() -> LockBackend:
+    """The configured backend for this environment's pipeline lock."""
+    config = settings.FLAMINGOCK_LOCK
+    name = f"pipeline:{settings.FLAMINGOCK_ENVIRONMENT}"
+    backend = config.get("backend", "database")
+    if backend == "database":
+        return DatabaseLeaseLock(name, lease_seconds=config.get("lease_seconds", 60.0))
+    from django.utils.module_loading import import_string
+
+    return import_string(backend)(name, lease_seconds=config.get("lease_seconds", 60.0))

@@ -1,0 +1,1 @@
+"""The example pipeline: a small shop service evolving its own database."""

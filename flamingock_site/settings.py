@@ -1,0 +1,154 @@
+"""Settings, read once from the environment.
+
+With no environment at all the product runs on an embedded default (SQLite in WAL mode, a database
+lease lock) so that a newcomer can try it anywhere. ``DATABASE_URL`` switches the audit store to
+PostgreSQL, ``REDIS_URL`` switches the lock and the broker to Redis.
+"""
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("FLAMINGOCK_VAR_DIR", BASE_DIR / "var"))
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "insecure-dev-key-set-DJANGO_SECRET_KEY-in-production")
+DEBUG = env_bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "guardian",
+    "audit_app.apps.AuditAppConfig",
+    "changes_app.apps.ChangesAppConfig",
+    "examples.apps.ExamplesConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "flamingock_site.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "flamingock_site.wsgi.application"
+
+
+def _database_from_environment() -> dict:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        config = dj_database_url.parse(url, conn_max_age=0)
+        if config["ENGINE"] == "django.db.backends.postgresql":
+            config.setdefault("OPTIONS", {})
+            # Keep test databases of parallel runs apart.
+            config["TEST"] = {"NAME": os.environ.get("FLAMINGOCK_TEST_DB_NAME") or None}
+        return config
+    path = Path(os.environ.get("FLAMINGOCK_SQLITE_PATH", VAR_DIR / "flamingock.sqlite3"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(path),
+        # WAL, immediate transactions and a busy timeout let web, worker and beat share one file
+        # without "database is locked" (DOMAIN §7).
+        "OPTIONS": {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+        "TEST": {"NAME": os.environ.get("FLAMINGOCK_TEST_DB_NAME") or str(VAR_DIR / f"test-{os.getpid()}.sqlite3")},
+    }
+
+
+DATABASES = {"default": _database_from_environment()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+ANONYMOUS_USER_NAME = None  # guardian: no anonymous user row
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"flamingock": {"handlers": ["console"], "level": os.environ.get("FLAMINGOCK_LOG_LEVEL", "INFO")}},
+}
+
+# --- Flamingock --------------------------------------------------------------------------------
+
+#: The deployment this instance governs.
+FLAMINGOCK_ENVIRONMENT = os.environ.get("FLAMINGOCK_ENVIRONMENT", "dev")
+#: Environments where every governed action needs approval and the CLI needs a token.
+FLAMINGOCK_PROTECTED_ENVIRONMENTS = env_list("FLAMINGOCK_PROTECTED_ENVIRONMENTS", "prod,production")
+#: Extra change packages, each a stage, run after the ``changes`` packages of installed apps.
+FLAMINGOCK_STAGES = env_list("FLAMINGOCK_STAGES")
+#: ``block`` (default) or ``allow`` a new change ordered before an applied one.
+FLAMINGOCK_OUT_OF_ORDER = os.environ.get("FLAMINGOCK_OUT_OF_ORDER", "block")
+#: Named target systems. Connection settings only: what is governed lives in the database.
+FLAMINGOCK_TARGET_SYSTEMS = {
+    "app-db": {"kind": "django", "alias": "default", "description": "The application's own database"},
+}
+#: The pipeline lock: lease and bounded wait, in seconds.
+FLAMINGOCK_LOCK = {
+    "backend": os.environ.get("FLAMINGOCK_LOCK_BACKEND", "database"),
+    "lease_seconds": float(os.environ.get("FLAMINGOCK_LOCK_LEASE", "60")),
+    "wait_seconds": float(os.environ.get("FLAMINGOCK_LOCK_WAIT", "10")),
+}
+#: Secret values that the audit writer redacts wherever they appear, by environment variable name.
+FLAMINGOCK_SECRET_ENV_VARS = env_list("FLAMINGOCK_SECRET_ENV_VARS")
+
+REDIS_URL = os.environ.get("REDIS_URL", "")

@@ -1,4 +1,5 @@
 """The append-only audit trail and the per-change state projection it maintains."""
+
 from django.conf import settings
 from django.db import models
 from django.db.models.functions import Now

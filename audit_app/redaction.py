@@ -1,4 +1,5 @@
 """Secrets never enter the trail: the writer passes every text through :func:`redact`."""
+
 import os
 import re
 from collections.abc import Iterable

@@ -5,6 +5,7 @@ place where secrets are redacted, where a run's fencing token is checked and whe
 latest state is re-read before the entry commits, so the hash chain and signed checkpoints can be
 added here without touching the engine.
 """
+
 from __future__ import annotations
 
 import os
@@ -99,13 +100,7 @@ def audit_record(
         if fence is not None:
             fence.check(using=using)
         if change is not None and expected_entry_id is not UNCHECKED:
-            current = (
-                ChangeState.objects.using(using)
-                .select_for_update()
-                .filter(change_id=change.id)
-                .values_list("entry_id", flat=True)
-                .first()
-            )
+            current = ChangeState.objects.using(using).select_for_update().filter(change_id=change.id).values_list("entry_id", flat=True).first()
             if current != expected_entry_id:
                 raise StateMoved(f"Change {change.id} moved (latest entry {current}, expected {expected_entry_id}).")
         change = change or ChangeRef(id="")
@@ -152,11 +147,7 @@ def _project_state(entry: AuditEntry, *, applied: bool, using: str) -> None:
         order=entry.order,
         target=entry.target,
     )
-    updated = (
-        ChangeState.objects.using(using)
-        .filter(change_id=entry.change_id)
-        .update(applied_count=F("applied_count") + applied, **fields)
-    )
+    updated = ChangeState.objects.using(using).filter(change_id=entry.change_id).update(applied_count=F("applied_count") + applied, **fields)
     if not updated:
         ChangeState.objects.using(using).create(change_id=entry.change_id, applied_count=applied, **fields)
 

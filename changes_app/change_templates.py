@@ -4,6 +4,7 @@ A template turns the payload of a YAML change (``apply``, ``rollback``, ``verify
 ``steps``) into executable :class:`~changes_app.definitions.Step` objects for a target system, and
 reports what is wrong with it before anything runs.
 """
+
 from __future__ import annotations
 
 import re

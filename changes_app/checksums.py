@@ -6,6 +6,7 @@ Version 1 of the normalisation, fixed forever so that checksums survive product 
 - YAML: the parsed document, every string normalised the same way, serialised as canonical JSON
   (sorted keys, no insignificant whitespace, UTF-8).
 """
+
 import hashlib
 import json
 from typing import Any

@@ -17,6 +17,7 @@ one subclass of :class:`Change`::
 Dependencies are handed over by parameter name, from what the change's target system offers (a
 SQL target offers ``cursor``, ``connection`` and ``using``; every target offers ``context``).
 """
+
 from __future__ import annotations
 
 import inspect

@@ -5,6 +5,7 @@ Each stage is a package of changes: the ``changes`` package of every installed a
 (``"package"`` or ``"name=package"``). Validation collects every problem, each with file and line,
 before anything runs: a pipeline with problems never executes.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -66,9 +67,7 @@ class Pipeline:
 
     @cached_property
     def digest(self) -> str:
-        return pipeline_digest(
-            [(change.stage, change.order, change.id, change.checksum) for stage in self.stages for change in stage.changes]
-        )
+        return pipeline_digest([(change.stage, change.order, change.id, change.checksum) for stage in self.stages for change in stage.changes])
 
     @property
     def valid(self) -> bool:
@@ -146,7 +145,9 @@ class _Loader:
                 ok = False
         order = values.get("order")
         if order is not None and str(order) != prefix:
-            self.problem("conflicting-order", f"declared order {order!r} disagrees with the file name prefix {prefix!r}", shown, lines.get("order", lines["_"]))
+            self.problem(
+                "conflicting-order", f"declared order {order!r} disagrees with the file name prefix {prefix!r}", shown, lines.get("order", lines["_"])
+            )
             ok = False
         recovery = values.get("recovery") or Recovery.MANUAL_INTERVENTION
         if recovery not in Recovery.__members__:
@@ -204,7 +205,9 @@ class _Loader:
             return None
         cls = classes[0]
         line = inspect.getsourcelines(cls)[1]
-        values = {key: getattr(cls, key, None) for key in ("id", "author", "target", "transactional", "recovery", "environments", "order", "description")}
+        values = {
+            key: getattr(cls, key, None) for key in ("id", "author", "target", "transactional", "recovery", "environments", "order", "description")
+        }
         common = self._common(values, {"_": line}, shown, prefix)
         apply = getattr(cls, "apply", None)
         if not callable(apply):
@@ -315,11 +318,15 @@ def pipeline_discover() -> Pipeline:
         for change in stage.changes:
             if change.order in orders:
                 other = orders[change.order]
-                loader.problem("conflicting-order", f"order {change.order} is used twice in stage {stage.name!r} (also {other.path})", change.path, change.line)
+                loader.problem(
+                    "conflicting-order", f"order {change.order} is used twice in stage {stage.name!r} (also {other.path})", change.path, change.line
+                )
             orders[change.order] = change
             if change.id in seen:
                 other = seen[change.id]
-                loader.problem("duplicate-id", f"duplicate change id {change.id!r} (first defined at {other.path}:{other.line})", change.path, change.line)
+                loader.problem(
+                    "duplicate-id", f"duplicate change id {change.id!r} (first defined at {other.path}:{other.line})", change.path, change.line
+                )
             else:
                 seen[change.id] = change
     return Pipeline(stages=stages, problems=loader.problems)

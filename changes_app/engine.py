@@ -4,6 +4,7 @@ Plain Python that the CLI, the admin, the API and Celery all reach through ``ser
 state entry of a run is fenced by the lease; every crash leaves the ledger telling the truth or
 naming the uncertainty (STARTED, ROLLBACK_STARTED), never a silent double apply.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,7 +18,8 @@ from django.conf import settings
 from django.db import connections, router
 from django.utils import timezone
 
-from audit_app.models import APPLIED_STATES, ChangeStateName as S, STATE_EVENTS
+from audit_app.models import APPLIED_STATES, STATE_EVENTS
+from audit_app.models import ChangeStateName as S
 from audit_app.services import Actor, ChangeRef, FenceRefused, StateMoved, audit_record, change_states
 
 from .definitions import ChangeDefinition, Strategy
@@ -85,18 +87,15 @@ def format_error(error: BaseException) -> str:
 
 
 def strategies_for(pipeline: Pipeline, targets: dict[str, TargetSystem]) -> dict[str, Strategy]:
-    return {
-        change.id: targets[change.target].strategy(transactional=change.transactional)
-        for stage in pipeline.stages
-        for change in stage.changes
-    }
+    return {change.id: targets[change.target].strategy(transactional=change.transactional) for stage in pipeline.stages for change in stage.changes}
 
 
 class Executor:
     """Executes one run that this process has claimed."""
 
-    def __init__(self, run: Run, *, pipeline: Pipeline, lock: LockBackend, actor: Actor,
-                 approval_needed: Callable[[ChangeDefinition], str] | None = None):
+    def __init__(
+        self, run: Run, *, pipeline: Pipeline, lock: LockBackend, actor: Actor, approval_needed: Callable[[ChangeDefinition], str] | None = None
+    ):
         self.run = run
         self.pipeline = pipeline
         self.lock = lock
@@ -173,8 +172,12 @@ class Executor:
     def state_entry(self, item: PlanItem, state: str, *, expected: int | None, **kwargs):
         """A fenced state entry of ``item``, based on its latest entry ``expected``."""
         entry = self.audit(
-            STATE_EVENTS[state], state=state, change=kwargs.pop("change_ref", None) or self.ref(item),
-            fence=self.lease, expected_entry_id=expected, **kwargs,
+            STATE_EVENTS[state],
+            state=state,
+            change=kwargs.pop("change_ref", None) or self.ref(item),
+            fence=self.lease,
+            expected_entry_id=expected,
+            **kwargs,
         )
         return entry
 
@@ -185,7 +188,11 @@ class Executor:
         if not force and now - self._last_progress < PROGRESS_INTERVAL:
             return
         self._last_progress = now
-        done = sum(1 for result in self.results if result.result in (Result.APPLIED, Result.FAILED, Result.ROLLED_BACK, Result.RECONCILED, Result.ALREADY_APPLIED))
+        done = sum(
+            1
+            for result in self.results
+            if result.result in (Result.APPLIED, Result.FAILED, Result.ROLLED_BACK, Result.RECONCILED, Result.ALREADY_APPLIED)
+        )
         Run.objects.filter(pk=self.run.pk).update(progress_done=done, current_change=current, heartbeat_at=timezone.now())
         cancelled = Run.objects.filter(pk=self.run.pk).values_list("cancel_requested_by", flat=True).first()
         if cancelled:
@@ -349,8 +356,14 @@ class Executor:
         except (FenceRefused, StateMoved):
             raise
         except Exception as error:
-            failed = self.state_entry(item, S.FAILED, expected=item.entry_id, error=format_error(error),
-                                      duration_ms=self.elapsed(started), details={"rolled_back_natively": True})
+            failed = self.state_entry(
+                item,
+                S.FAILED,
+                expected=item.entry_id,
+                error=format_error(error),
+                duration_ms=self.elapsed(started),
+                details={"rolled_back_natively": True},
+            )
             return self.result(item, Result.FAILED, "apply raised; the transaction was rolled back", error=str(error), entry_ids=[failed.pk])
         crashpoint("after_applied", change.id)
         return self.result(item, Result.APPLIED, entry_ids=[entry.pk])
@@ -371,13 +384,28 @@ class Executor:
                 crashpoint("after_apply", change.id)
             crashpoint("after_target_commit", change.id)
         except MarkerConflict as conflict:
-            entry = self.state_entry(item, S.APPLIED, expected=start.pk, duration_ms=self.elapsed(started),
-                                     details={"generation": generation, "reconciled": True, "evidence": f"marker already present: {conflict}"})
-            return self.result(item, Result.ALREADY_APPLIED, "another apply of this generation already committed in the target", entry_ids=[start.pk, entry.pk])
+            entry = self.state_entry(
+                item,
+                S.APPLIED,
+                expected=start.pk,
+                duration_ms=self.elapsed(started),
+                details={"generation": generation, "reconciled": True, "evidence": f"marker already present: {conflict}"},
+            )
+            return self.result(
+                item, Result.ALREADY_APPLIED, "another apply of this generation already committed in the target", entry_ids=[start.pk, entry.pk]
+            )
         except Exception as error:
-            failed = self.state_entry(item, S.FAILED, expected=start.pk, error=format_error(error), duration_ms=self.elapsed(started),
-                                      details={"generation": generation, "rolled_back_natively": True})
-            return self.result(item, Result.FAILED, "apply raised; the target transaction was rolled back", error=str(error), entry_ids=[start.pk, failed.pk])
+            failed = self.state_entry(
+                item,
+                S.FAILED,
+                expected=start.pk,
+                error=format_error(error),
+                duration_ms=self.elapsed(started),
+                details={"generation": generation, "rolled_back_natively": True},
+            )
+            return self.result(
+                item, Result.FAILED, "apply raised; the target transaction was rolled back", error=str(error), entry_ids=[start.pk, failed.pk]
+            )
         entry = self.state_entry(item, S.APPLIED, expected=start.pk, duration_ms=self.elapsed(started), details={"generation": generation})
         crashpoint("after_applied", change.id)
         return self.result(item, Result.APPLIED, entry_ids=[start.pk, entry.pk])
@@ -413,7 +441,9 @@ class Executor:
         if failed_step is not None and failed_step.compensates_own_failure:
             to_undo.insert(0, failed_step)
         apply_error = format_error(error)
-        failed = self.state_entry(item, S.FAILED, expected=expected, error=apply_error, duration_ms=self.elapsed(started), details={"steps": outcomes})
+        failed = self.state_entry(
+            item, S.FAILED, expected=expected, error=apply_error, duration_ms=self.elapsed(started), details={"steps": outcomes}
+        )
         ids = [expected, failed.pk]
         if not to_undo or any(step.rollback is None for step in to_undo):
             why = "no compensation: nothing completed" if not to_undo else "no compensation: a completed step has no rollback"
@@ -427,11 +457,19 @@ class Executor:
                     step.rollback(dependencies)
                     outcomes.append({"step": step.label, "rollback": "done"})
         except Exception as rollback_error:
-            entry = self.state_entry(item, S.ROLLBACK_FAILED, expected=rollback_start.pk, error=apply_error,
-                                     rollback_error=format_error(rollback_error), details={"steps": outcomes})
+            entry = self.state_entry(
+                item,
+                S.ROLLBACK_FAILED,
+                expected=rollback_start.pk,
+                error=apply_error,
+                rollback_error=format_error(rollback_error),
+                details={"steps": outcomes},
+            )
             ids.append(entry.pk)
             return self.result(item, Result.FAILED, "apply failed and its compensation failed too", error=str(error), entry_ids=ids)
-        entry = self.state_entry(item, S.ROLLED_BACK, expected=rollback_start.pk, error=apply_error, details={"steps": outcomes, "compensation": True})
+        entry = self.state_entry(
+            item, S.ROLLED_BACK, expected=rollback_start.pk, error=apply_error, details={"steps": outcomes, "compensation": True}
+        )
         ids.append(entry.pk)
         return self.result(item, Result.ROLLED_BACK, "apply failed; compensated by its rollback", error=str(error), entry_ids=ids)
 

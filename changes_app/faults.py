@@ -11,6 +11,7 @@ SIGKILL when it reaches that boundary (for that change). Boundaries, in executio
 - ``after_applied``: APPLIED committed;
 - ``before_release``: every change done, the lock not yet released.
 """
+
 import os
 import signal
 

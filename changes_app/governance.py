@@ -1,5 +1,6 @@
 """Who may act on what. One meaning everywhere: a global permission covers every target system,
 an object permission (django-guardian) covers that target system."""
+
 from __future__ import annotations
 
 from django.conf import settings

@@ -1,7 +1,9 @@
 """Step-by-step guidance for changes that need a human (``issues get``, the admin, the API)."""
+
 from __future__ import annotations
 
-from audit_app.models import AuditEntry, ChangeStateName as S
+from audit_app.models import AuditEntry
+from audit_app.models import ChangeStateName as S
 
 from .definitions import Strategy
 from .resolver import Action, PlanItem
@@ -57,8 +59,11 @@ def issue_guidance(item: PlanItem) -> list[str]:
 def issue_details(item: PlanItem) -> dict:
     """The issue as data: the change, its state, the last error and the guidance."""
     last_error = (
-        AuditEntry.objects.filter(change_id=item.change.id).exclude(error="", rollback_error="").order_by("-id")
-        .values("id", "event", "error", "rollback_error", "created_at", "run_id").first()
+        AuditEntry.objects.filter(change_id=item.change.id)
+        .exclude(error="", rollback_error="")
+        .order_by("-id")
+        .values("id", "event", "error", "rollback_error", "created_at", "run_id")
+        .first()
     )
     return {
         "id": item.change.id,

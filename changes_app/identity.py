@@ -1,5 +1,6 @@
 """Who acts is proven, not declared (DOMAIN §6): a personal API token, or, in an unprotected
 environment only, the local operator recorded by operating-system user and host."""
+
 from __future__ import annotations
 
 import getpass

@@ -5,6 +5,7 @@ the embedded default. Whatever the backend, the fencing token comes from the :cl
 the audit database and every fenced write checks it there (:meth:`Lease.check`), so a holder that
 lost its lease cannot write, whatever the lock store says.
 """
+
 from __future__ import annotations
 
 import logging
@@ -176,12 +177,7 @@ class DatabaseLeaseLock:
         return Lease(self, token=token, run_id=run_id)
 
     def extend(self, lease: Lease) -> bool:
-        return bool(
-            LockLease.objects.using(self.using)
-            .filter(name=self.name, token=lease.token)
-            .exclude(owner="")
-            .update(expires_at=self._expiry())
-        )
+        return bool(LockLease.objects.using(self.using).filter(name=self.name, token=lease.token).exclude(owner="").update(expires_at=self._expiry()))
 
     def release(self, lease: Lease) -> bool:
         return bool(

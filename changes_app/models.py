@@ -1,5 +1,6 @@
 """What the product governs and records about execution: target systems, the change catalogue,
 runs, the pipeline lock and its fence, and personal API tokens."""
+
 import hashlib
 import secrets
 import uuid
@@ -98,7 +99,9 @@ class Run(models.Model):
         CLI = "CLI", _("Command line")
         SCHEDULE = "SCHEDULE", _("Schedule")
 
-    FINISHED = frozenset({Status.SUCCEEDED, Status.FAILED, Status.BLOCKED, Status.AWAITING_APPROVAL, Status.LOCKED, Status.ABORTED, Status.NO_CHANGES})
+    FINISHED = frozenset(
+        {Status.SUCCEEDED, Status.FAILED, Status.BLOCKED, Status.AWAITING_APPROVAL, Status.LOCKED, Status.ABORTED, Status.NO_CHANGES}
+    )
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=24, choices=Kind.choices, default=Kind.PIPELINE)

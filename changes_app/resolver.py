@@ -1,4 +1,5 @@
 """What the next run does with each change (DOMAIN §4). Pure: reads no database, touches no target."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -6,7 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from audit_app.models import APPLIED_STATES, ChangeState, ChangeStateName as S
+from audit_app.models import APPLIED_STATES, ChangeState
+from audit_app.models import ChangeStateName as S
 
 from .definitions import ChangeDefinition, Recovery, Strategy
 from .discovery import Pipeline

@@ -3,6 +3,7 @@
 Each acting service checks permission against the target system, refuses bad input with a named
 error before anything changes, then records a Run and does the work under the pipeline lock.
 """
+
 from __future__ import annotations
 
 import time
@@ -14,7 +15,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from audit_app.models import APPLIED_STATES, ChangeState, ChangeStateName as S
+from audit_app.models import APPLIED_STATES, ChangeState
+from audit_app.models import ChangeStateName as S
 from audit_app.services import Actor, FenceRefused, StateMoved, audit_record, change_states
 
 from . import engine
@@ -81,16 +83,45 @@ def catalogue_sync(*, pipeline: Pipeline | None = None) -> None:
     target_systems_sync()
     existing = {row.change_id: row for row in ChangeRecord.objects.all()}
     create, update = [], []
-    fields = ("stage", "order", "author", "target", "kind", "template", "description", "path", "line", "source",
-              "checksum", "transactional", "recovery", "environments", "has_rollback", "has_verify", "removed_at")
+    fields = (
+        "stage",
+        "order",
+        "author",
+        "target",
+        "kind",
+        "template",
+        "description",
+        "path",
+        "line",
+        "source",
+        "checksum",
+        "transactional",
+        "recovery",
+        "environments",
+        "has_rollback",
+        "has_verify",
+        "removed_at",
+    )
     now = timezone.now()
     for change in pipeline.by_id.values():
         values = {
-            "stage": change.stage, "order": change.order, "author": change.author, "target": change.target,
-            "kind": change.kind, "template": change.template, "description": change.description, "path": change.path,
-            "line": change.line, "source": change.source, "checksum": change.checksum, "transactional": change.transactional,
-            "recovery": change.recovery.value, "environments": change.environments, "has_rollback": change.has_rollback,
-            "has_verify": change.has_verify, "removed_at": None,
+            "stage": change.stage,
+            "order": change.order,
+            "author": change.author,
+            "target": change.target,
+            "kind": change.kind,
+            "template": change.template,
+            "description": change.description,
+            "path": change.path,
+            "line": change.line,
+            "source": change.source,
+            "checksum": change.checksum,
+            "transactional": change.transactional,
+            "recovery": change.recovery.value,
+            "environments": change.environments,
+            "has_rollback": change.has_rollback,
+            "has_verify": change.has_verify,
+            "removed_at": None,
         }
         row = existing.get(change.id)
         if row is None:
@@ -128,26 +159,43 @@ def pipeline_plan(*, pipeline: Pipeline | None = None) -> Plan:
 # -- runs ------------------------------------------------------------------------------------------
 
 
-def run_create(*, actor: Actor, source: str, kind: str = Run.Kind.PIPELINE, change_id: str = "", reason: str = "",
-               parameters: dict | None = None) -> Run:
+def run_create(
+    *, actor: Actor, source: str, kind: str = Run.Kind.PIPELINE, change_id: str = "", reason: str = "", parameters: dict | None = None
+) -> Run:
     """Record a QUEUED run (before any task is queued for it)."""
     pipeline = pipeline_load()
     if not pipeline.valid:
         raise PipelineInvalid(pipeline)
     with transaction.atomic():
         run = Run.objects.create(
-            kind=kind, source=source, environment=_environment(), change_id=change_id, reason=reason,
-            parameters=parameters or {}, started_by_id=actor.user_id, actor=actor.name, host=actor.host, pid=actor.pid,
+            kind=kind,
+            source=source,
+            environment=_environment(),
+            change_id=change_id,
+            reason=reason,
+            parameters=parameters or {},
+            started_by_id=actor.user_id,
+            actor=actor.name,
+            host=actor.host,
+            pid=actor.pid,
             pipeline_digest=pipeline.digest,
         )
-        audit_record(event="run.queued", actor=actor, environment=run.environment, run_id=run.id, reason=reason,
-                     details={"kind": kind, "source": source, "change_id": change_id, "pipeline_digest": pipeline.digest})
+        audit_record(
+            event="run.queued",
+            actor=actor,
+            environment=run.environment,
+            run_id=run.id,
+            reason=reason,
+            details={"kind": kind, "source": source, "change_id": change_id, "pipeline_digest": pipeline.digest},
+        )
     return run
 
 
 def run_claim(*, run_id: uuid.UUID) -> Run | None:
     """Move a QUEUED run to RUNNING; a duplicate or redelivered execution gets ``None``."""
-    claimed = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).update(status=Run.Status.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now())
+    claimed = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).update(
+        status=Run.Status.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now()
+    )
     return Run.objects.get(pk=run_id) if claimed else None
 
 
@@ -163,8 +211,13 @@ def run_execute(*, run_id: uuid.UUID) -> Run:
     actor = _executing_actor(run)
     pipeline = pipeline_load()
     if run.pipeline_digest and pipeline.digest != run.pipeline_digest:
-        return _run_finish(run, actor, Run.Status.ABORTED,
-                           f"code skew: this worker's pipeline {pipeline.digest[:12]} is not the planned {run.pipeline_digest[:12]}", [])
+        return _run_finish(
+            run,
+            actor,
+            Run.Status.ABORTED,
+            f"code skew: this worker's pipeline {pipeline.digest[:12]} is not the planned {run.pipeline_digest[:12]}",
+            [],
+        )
     audit_record(event="run.started", actor=actor, environment=run.environment, run_id=run.id, details={"kind": run.kind})
     catalogue_sync(pipeline=pipeline)
     executor = engine.Executor(run, pipeline=pipeline, lock=lock_backend(), actor=actor, approval_needed=_approval_hook())
@@ -196,13 +249,15 @@ def _run_finish(run: Run, actor: Actor, status: str, reason: str, results) -> Ru
     run.current_change = ""
     run.save(update_fields=["status", "status_reason", "finished_at", "results", "counts", "progress_done", "current_change"])
     event = "run.aborted" if status == Run.Status.ABORTED else "run.finished"
-    audit_record(event=event, actor=actor, environment=run.environment, run_id=run.id, reason=reason,
-                 details={"status": status, "counts": run.counts})
+    audit_record(
+        event=event, actor=actor, environment=run.environment, run_id=run.id, reason=reason, details={"status": status, "counts": run.counts}
+    )
     return run
 
 
-def run_start(*, actor: Actor, source: str, kind: str = Run.Kind.PIPELINE, change_id: str = "", reason: str = "",
-              parameters: dict | None = None) -> Run:
+def run_start(
+    *, actor: Actor, source: str, kind: str = Run.Kind.PIPELINE, change_id: str = "", reason: str = "", parameters: dict | None = None
+) -> Run:
     """Create and execute a run in this process (the CLI's ``run``)."""
     run = run_create(actor=actor, source=source, kind=kind, change_id=change_id, reason=reason, parameters=parameters)
     return run_execute(run_id=run.id)
@@ -229,8 +284,13 @@ def run_cancel(*, run_id: uuid.UUID, actor: Actor) -> Run:
             run.status, run.status_reason, run.finished_at = Run.Status.ABORTED, f"cancelled by {actor.name}", timezone.now()
             fields += ["status", "status_reason", "finished_at"]
         run.save(update_fields=fields)
-        audit_record(event="run.aborted" if run.status == Run.Status.ABORTED else "run.cancel_requested", actor=actor,
-                     environment=run.environment, run_id=run.id, reason=f"cancelled by {actor.name}")
+        audit_record(
+            event="run.aborted" if run.status == Run.Status.ABORTED else "run.cancel_requested",
+            actor=actor,
+            environment=run.environment,
+            run_id=run.id,
+            reason=f"cancelled by {actor.name}",
+        )
     return run
 
 
@@ -275,7 +335,9 @@ def undo_cascade(change_id: str, *, pipeline: Pipeline | None = None) -> list[_S
         raise ActionRefused(f"undo refused while the checksum has drifted: {', '.join(drifted)} (accept the checksum or revert the edit first)")
     missing = [s.change.id for s in cascade if not s.change.has_rollback]
     if missing:
-        raise ActionRefused(f"undo refused: {', '.join(missing)} has no rollback (undoing {change_id} must undo every later applied change of its stage)")
+        raise ActionRefused(
+            f"undo refused: {', '.join(missing)} has no rollback (undoing {change_id} must undo every later applied change of its stage)"
+        )
     return cascade
 
 
@@ -405,8 +467,13 @@ def _do_accept_checksum(executor: engine.Executor, run: Run) -> tuple[str, str]:
     item = _item(executor, run.change_id)
     accept_checksum_check(_Subject(item.change, item.state, item.strategy))
     entry = executor.audit(
-        "change.checksum_accepted", state="", change=executor.ref(item), fence=executor.lease, expected_entry_id=item.entry_id,
-        reason=run.reason, details={"previous_checksum": item.state.checksum, "new_checksum": item.change.checksum},
+        "change.checksum_accepted",
+        state="",
+        change=executor.ref(item),
+        fence=executor.lease,
+        expected_entry_id=item.entry_id,
+        reason=run.reason,
+        details={"previous_checksum": item.state.checksum, "new_checksum": item.change.checksum},
     )
     executor.results.append(executor.result(item, "CHECKSUM_ACCEPTED", run.reason, entry_ids=[entry.pk]))
     return Run.Status.SUCCEEDED, ""
@@ -435,14 +502,27 @@ def _undo_one(executor: engine.Executor, item: PlanItem, hold_reason: str) -> en
                 dependencies = executor.dependencies(item, session)
                 for step in steps:
                     step.rollback(dependencies)
-                rolled = executor.state_entry(item, S.ROLLED_BACK, expected=item.entry_id, duration_ms=executor.elapsed(started), details={"undo": True})
+                rolled = executor.state_entry(
+                    item, S.ROLLED_BACK, expected=item.entry_id, duration_ms=executor.elapsed(started), details={"undo": True}
+                )
                 held = executor.state_entry(item, S.SKIPPED, expected=rolled.pk, reason=hold_reason)
         except (FenceRefused, StateMoved):
             raise
         except Exception as error:
-            entry = executor.audit("change.rollback_failed", change=executor.ref(item), fence=executor.lease,
-                                   rollback_error=engine.format_error(error), details={"undo": True, "rolled_back_natively": True, "still_applied": True})
-            return executor.result(item, engine.Result.FAILED, "rollback raised; its transaction was rolled back, the change is still applied", error=str(error), entry_ids=[entry.pk])
+            entry = executor.audit(
+                "change.rollback_failed",
+                change=executor.ref(item),
+                fence=executor.lease,
+                rollback_error=engine.format_error(error),
+                details={"undo": True, "rolled_back_natively": True, "still_applied": True},
+            )
+            return executor.result(
+                item,
+                engine.Result.FAILED,
+                "rollback raised; its transaction was rolled back, the change is still applied",
+                error=str(error),
+                entry_ids=[entry.pk],
+            )
         return executor.result(item, engine.Result.ROLLED_BACK, hold_reason, entry_ids=[rolled.pk, held.pk])
     start = executor.state_entry(item, S.ROLLBACK_STARTED, expected=item.entry_id, details={"undo": True})
     try:
@@ -453,11 +533,18 @@ def _undo_one(executor: engine.Executor, item: PlanItem, hold_reason: str) -> en
     except Exception as error:
         if item.strategy == Strategy.MARKER:
             # The target transaction rolled back: the change is known to be still applied.
-            entry = executor.state_entry(item, S.APPLIED, expected=start.pk, rollback_error=engine.format_error(error),
-                                         details={"undo": True, "undo_failed": True, "rolled_back_natively": True},
-                                         counts_as_apply=False)
+            entry = executor.state_entry(
+                item,
+                S.APPLIED,
+                expected=start.pk,
+                rollback_error=engine.format_error(error),
+                details={"undo": True, "undo_failed": True, "rolled_back_natively": True},
+                counts_as_apply=False,
+            )
         else:
-            entry = executor.state_entry(item, S.ROLLBACK_FAILED, expected=start.pk, rollback_error=engine.format_error(error), details={"undo": True})
+            entry = executor.state_entry(
+                item, S.ROLLBACK_FAILED, expected=start.pk, rollback_error=engine.format_error(error), details={"undo": True}
+            )
         return executor.result(item, engine.Result.FAILED, "rollback raised", error=str(error), entry_ids=[start.pk, entry.pk])
     rolled = executor.state_entry(item, S.ROLLED_BACK, expected=start.pk, duration_ms=executor.elapsed(started), details={"undo": True})
     held = executor.state_entry(item, S.SKIPPED, expected=rolled.pk, reason=hold_reason)

@@ -10,6 +10,7 @@ Built-in kinds: ``django`` (a Django database alias), ``postgres`` (an external 
 through psycopg 3) and ``generic`` (whatever objects a user factory returns). Third-party kinds
 register with :func:`register_target_kind` or through the ``flamingock.target_kinds`` entry point.
 """
+
 from __future__ import annotations
 
 import os
@@ -336,9 +337,7 @@ def target_systems() -> dict[str, TargetSystem]:
         if _systems is None:
             broken = target_config_problems()
             _systems = {
-                name: _kinds[config["kind"]](name, config)
-                for name, config in settings.FLAMINGOCK_TARGET_SYSTEMS.items()
-                if name not in broken
+                name: _kinds[config["kind"]](name, config) for name, config in settings.FLAMINGOCK_TARGET_SYSTEMS.items() if name not in broken
             }
         return _systems
 

@@ -4,6 +4,7 @@ With no environment at all the product runs on an embedded default (SQLite in WA
 lease lock) so that a newcomer can try it anywhere. ``DATABASE_URL`` switches the audit store to
 PostgreSQL, ``REDIS_URL`` switches the lock and the broker to Redis.
 """
+
 import os
 from pathlib import Path
 
@@ -134,14 +135,22 @@ LOGGING = {
 FLAMINGOCK_ENVIRONMENT = os.environ.get("FLAMINGOCK_ENVIRONMENT", "dev")
 #: Environments where every governed action needs approval and the CLI needs a token.
 FLAMINGOCK_PROTECTED_ENVIRONMENTS = env_list("FLAMINGOCK_PROTECTED_ENVIRONMENTS", "prod,production")
-#: Extra change packages, each a stage, run after the ``changes`` packages of installed apps.
+#: Extra change packages, each a stage (``package`` or ``name=package``), run after the ``changes``
+#: packages of installed apps.
 FLAMINGOCK_STAGES = env_list("FLAMINGOCK_STAGES")
+#: Whether the ``changes`` package of every installed app is a stage.
+FLAMINGOCK_DISCOVER_APPS = env_bool("FLAMINGOCK_DISCOVER_APPS", default=True)
 #: ``block`` (default) or ``allow`` a new change ordered before an applied one.
 FLAMINGOCK_OUT_OF_ORDER = os.environ.get("FLAMINGOCK_OUT_OF_ORDER", "block")
 #: Named target systems. Connection settings only: what is governed lives in the database.
+#: ``FLAMINGOCK_TARGETS_JSON`` (a JSON object of the same shape) replaces the default.
 FLAMINGOCK_TARGET_SYSTEMS = {
     "app-db": {"kind": "django", "alias": "default", "description": "The application's own database"},
 }
+if os.environ.get("FLAMINGOCK_TARGETS_JSON"):
+    import json
+
+    FLAMINGOCK_TARGET_SYSTEMS = json.loads(os.environ["FLAMINGOCK_TARGETS_JSON"])
 #: The pipeline lock: lease and bounded wait, in seconds.
 FLAMINGOCK_LOCK = {
     "backend": os.environ.get("FLAMINGOCK_LOCK_BACKEND", "database"),

@@ -5,6 +5,7 @@ with ``--json``, as JSON. Exit codes: 0 success or nothing to do; 1 a change fai
 configuration error; 3 blocked; 4 awaiting approval; 5 lock not acquired; 6 integrity failure;
 7 pending changes.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,7 @@ class Exit(Exception):
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
-    line = "  ".join("{:<%d}" % width for width in widths)
+    line = "  ".join(f"{{:<{width}}}" for width in widths)
     return "\n".join([line.format(*headers), line.format(*("-" * width for width in widths))] + [line.format(*map(str, row)) for row in rows])
 
 
@@ -143,11 +144,21 @@ class Command(BaseCommand):
 
     def emit_run(self, run: Run) -> int:
         data = {
-            "run_id": str(run.id), "kind": run.kind, "status": run.status, "reason": run.status_reason,
-            "environment": run.environment, "actor": run.actor, "counts": run.counts, "results": run.results,
-            "started_at": run.started_at, "finished_at": run.finished_at,
+            "run_id": str(run.id),
+            "kind": run.kind,
+            "status": run.status,
+            "reason": run.status_reason,
+            "environment": run.environment,
+            "actor": run.actor,
+            "counts": run.counts,
+            "results": run.results,
+            "started_at": run.started_at,
+            "finished_at": run.finished_at,
         }
-        rows = [[r["stage"], r["order"], r["change_id"], r["result"], r.get("duration_ms") or "", r.get("error") or r.get("reason", "")] for r in run.results]
+        rows = [
+            [r["stage"], r["order"], r["change_id"], r["result"], r.get("duration_ms") or "", r.get("error") or r.get("reason", "")]
+            for r in run.results
+        ]
         text = f"run {run.id}: {run.status}" + (f" ({run.status_reason})" if run.status_reason else "")
         if rows:
             text = _table(rows, ["STAGE", "ORDER", "CHANGE", "RESULT", "MS", "DETAIL"]) + "\n" + text
@@ -170,8 +181,10 @@ class Command(BaseCommand):
             if not options.get("run_id"):
                 raise Exit(EXIT_USAGE, "usage: flamingock run cancel RUN_ID")
             run = services.run_cancel(run_id=self._uuid(options["run_id"]), actor=cli_actor())
-            self.emit({"run_id": str(run.id), "status": run.status, "cancel_requested_by": run.cancel_requested_by},
-                      f"run {run.id}: cancel requested ({run.status})")
+            self.emit(
+                {"run_id": str(run.id), "status": run.status, "cancel_requested_by": run.cancel_requested_by},
+                f"run {run.id}: cancel requested ({run.status})",
+            )
             return EXIT_OK
         if options["dry_run"]:
             return self.do_plan(options)
@@ -205,10 +218,26 @@ class Command(BaseCommand):
             code = EXIT_PENDING
         else:
             code = EXIT_OK
-        data = {"valid": code == EXIT_OK, "exit_code": code, "checksum_drift": drifted, "missing_from_code": missing,
-                "blocked": blocked, "awaiting_approval": awaiting, "pending": pending}
-        parts = [f"{label}: {', '.join(ids)}" for label, ids in (("checksum drift", drifted), ("missing from code", missing),
-                 ("blocked", blocked), ("awaiting approval", awaiting), ("pending", pending)) if ids]
+        data = {
+            "valid": code == EXIT_OK,
+            "exit_code": code,
+            "checksum_drift": drifted,
+            "missing_from_code": missing,
+            "blocked": blocked,
+            "awaiting_approval": awaiting,
+            "pending": pending,
+        }
+        parts = [
+            f"{label}: {', '.join(ids)}"
+            for label, ids in (
+                ("checksum drift", drifted),
+                ("missing from code", missing),
+                ("blocked", blocked),
+                ("awaiting approval", awaiting),
+                ("pending", pending),
+            )
+            if ids
+        ]
         self.emit(data, "\n".join(parts) or "valid: everything is applied and nothing drifted")
         return code
 
@@ -223,8 +252,11 @@ class Command(BaseCommand):
             if item.action not in (Action.MANUAL_INTERVENTION, Action.OUT_OF_ORDER):
                 raise Exit(EXIT_USAGE, f"{item.change.id} is not an issue (next action: {item.action.value})")
             details = issue_details(item)
-            text = [f"{details['id']} ({details['stage']}:{details['order']}, target {details['target']}, {details['strategy']})",
-                    f"state: {details['latest_state']}  next action: {details['next_action']}", f"why: {details['reason']}"]
+            text = [
+                f"{details['id']} ({details['stage']}:{details['order']}, target {details['target']}, {details['strategy']})",
+                f"state: {details['latest_state']}  next action: {details['next_action']}",
+                f"why: {details['reason']}",
+            ]
             if details["error"]:
                 text += ["error:", details["error"].rstrip()]
             if details["rollback_error"]:
@@ -234,13 +266,20 @@ class Command(BaseCommand):
             return EXIT_OK
         found = [i for i in plan.items if i.action in (Action.MANUAL_INTERVENTION, Action.OUT_OF_ORDER)]
         rows = [[i.change.stage, i.change.id, i.change.target, i.latest_state or "-", i.reason] for i in found]
-        self.emit([issue_details(i) for i in found] if self.as_json else None,
-                  _table(rows, ["STAGE", "CHANGE", "TARGET", "STATE", "WHY"]) + "\n\nflamingock issues get CHANGE_ID shows what to do" if rows else "no issues")
+        self.emit(
+            [issue_details(i) for i in found] if self.as_json else None,
+            _table(rows, ["STAGE", "CHANGE", "TARGET", "STATE", "WHY"]) + "\n\nflamingock issues get CHANGE_ID shows what to do"
+            if rows
+            else "no issues",
+        )
         return EXIT_OK
 
     def do_fix(self, options) -> int:
-        return self.emit_run(services.change_fix(change_id=options["change_id"], resolution=options["resolution"],
-                                                 actor=cli_actor(), reason=options["reason"], source=Run.Source.CLI))
+        return self.emit_run(
+            services.change_fix(
+                change_id=options["change_id"], resolution=options["resolution"], actor=cli_actor(), reason=options["reason"], source=Run.Source.CLI
+            )
+        )
 
     def do_undo(self, options) -> int:
         return self.emit_run(services.change_undo(change_id=options["change_id"], actor=cli_actor(), reason=options["reason"], source=Run.Source.CLI))
@@ -249,13 +288,32 @@ class Command(BaseCommand):
         return self.emit_run(services.change_skip(change_id=options["change_id"], actor=cli_actor(), reason=options["reason"], source=Run.Source.CLI))
 
     def do_reapply(self, options) -> int:
-        return self.emit_run(services.change_reapply(change_id=options["change_id"], actor=cli_actor(), reason=options["reason"], source=Run.Source.CLI))
+        return self.emit_run(
+            services.change_reapply(change_id=options["change_id"], actor=cli_actor(), reason=options["reason"], source=Run.Source.CLI)
+        )
 
     def do_accept_checksum(self, options) -> int:
-        return self.emit_run(services.change_accept_checksum(change_id=options["change_id"], actor=cli_actor(), reason=options["reason"], source=Run.Source.CLI))
+        return self.emit_run(
+            services.change_accept_checksum(change_id=options["change_id"], actor=cli_actor(), reason=options["reason"], source=Run.Source.CLI)
+        )
 
     def do_audit(self, options) -> int:
-        fields = ["id", "created_at", "event", "change_id", "stage", "target", "state", "actor", "host", "run_id", "fencing_token", "checksum", "reason", "error"]
+        fields = [
+            "id",
+            "created_at",
+            "event",
+            "change_id",
+            "stage",
+            "target",
+            "state",
+            "actor",
+            "host",
+            "run_id",
+            "fencing_token",
+            "checksum",
+            "reason",
+            "error",
+        ]
         if options["history"] or not options.get("change") and options.get("since"):
             entries = AuditEntry.objects.order_by("id")
             if options.get("change"):
@@ -273,17 +331,31 @@ class Command(BaseCommand):
                 entries = entries.filter(created_at__gte=_since(options["since"]))
             by_id = {row["id"]: row for row in entries.values(*fields)}
             rows = [by_id[pk] for pk in entry_ids if pk in by_id]
-        table = [[r["id"], r["created_at"].strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], r["event"], r["change_id"] or "-", r["state"] or "-", r["actor"], (r["reason"] or r["error"].splitlines()[-1:] and r["error"].splitlines()[-1] or "")[:60]] for r in rows]
+        table = [
+            [
+                r["id"],
+                r["created_at"].strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+                r["event"],
+                r["change_id"] or "-",
+                r["state"] or "-",
+                r["actor"],
+                (r["reason"] or r["error"].splitlines()[-1:] and r["error"].splitlines()[-1] or "")[:60],
+            ]
+            for r in rows
+        ]
         self.emit(rows, _table(table, ["#", "AT (UTC)", "EVENT", "CHANGE", "STATE", "ACTOR", "NOTE"]) if table else "no entries")
         return EXIT_OK
 
     def do_lock(self, options) -> int:
         if options["action"] == "status":
             holder = services.lock_status()
-            self.emit({"held": holder is not None, "holder": holder.as_dict() if holder else None},
-                      "the lock is free" if holder is None else
-                      f"held by {holder.holder} (run {holder.run_id}) on {holder.host} pid {holder.pid} since {holder.since}, "
-                      f"{'EXPIRED at' if holder.expired else 'until'} {holder.expires_at}, fencing token {holder.token}")
+            self.emit(
+                {"held": holder is not None, "holder": holder.as_dict() if holder else None},
+                "the lock is free"
+                if holder is None
+                else f"held by {holder.holder} (run {holder.run_id}) on {holder.host} pid {holder.pid} since {holder.since}, "
+                f"{'EXPIRED at' if holder.expired else 'until'} {holder.expires_at}, fencing token {holder.token}",
+            )
             return EXIT_OK
         if not options.get("reason"):
             raise Exit(EXIT_USAGE, "lock release needs --reason")
@@ -298,17 +370,32 @@ class Command(BaseCommand):
             raise Exit(EXIT_USAGE, "refused: only an administrator manages tokens")
         if options["action"] == "list":
             tokens = ApiToken.objects.select_related("user").order_by("id")
-            rows = [[t.id, t.user.get_username(), t.name, t.key_prefix + "…", t.created_at, t.last_used_at or "-", "revoked" if t.revoked_at else "active"] for t in tokens]
-            self.emit([{"id": t.id, "user": t.user.get_username(), "name": t.name, "prefix": t.key_prefix, "revoked": bool(t.revoked_at)} for t in tokens],
-                      _table(rows, ["ID", "USER", "NAME", "PREFIX", "CREATED", "LAST USED", "STATUS"]) if rows else "no tokens")
+            rows = [
+                [
+                    t.id,
+                    t.user.get_username(),
+                    t.name,
+                    t.key_prefix + "…",
+                    t.created_at,
+                    t.last_used_at or "-",
+                    "revoked" if t.revoked_at else "active",
+                ]
+                for t in tokens
+            ]
+            self.emit(
+                [{"id": t.id, "user": t.user.get_username(), "name": t.name, "prefix": t.key_prefix, "revoked": bool(t.revoked_at)} for t in tokens],
+                _table(rows, ["ID", "USER", "NAME", "PREFIX", "CREATED", "LAST USED", "STATUS"]) if rows else "no tokens",
+            )
             return EXIT_OK
         if options["action"] == "create":
             user = get_user_model().objects.filter(username=options.get("username") or "").first()
             if user is None:
                 raise Exit(EXIT_USAGE, f"no user {options.get('username')!r}")
             token, key = token_create(user=user, name=options["name"], created_by=actor.name or os_user())
-            self.emit({"id": token.id, "user": user.get_username(), "token": key},
-                      f"token {token.id} for {user.get_username()} (shown once, store it now):\n{key}")
+            self.emit(
+                {"id": token.id, "user": user.get_username(), "token": key},
+                f"token {token.id} for {user.get_username()} (shown once, store it now):\n{key}",
+            )
             return EXIT_OK
         revoked = ApiToken.objects.filter(pk=options.get("id"), revoked_at__isnull=True).update(revoked_at=timezone.now())
         if not revoked:

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class ChangesAppConfig(AppConfig):
@@ -10,3 +11,10 @@ class ChangesAppConfig(AppConfig):
         from .targets import load_entry_point_kinds
 
         load_entry_point_kinds()
+        post_migrate.connect(_schedules_after_migrate, sender=self)
+
+
+def _schedules_after_migrate(sender, **kwargs):
+    from .schedules import schedules_ensure
+
+    schedules_ensure()

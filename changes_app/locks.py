@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from audit_app.services import Actor, FenceRefused
 
-from .models import Fence, LockLease
+from .models import Fence, LockLease, Run
 
 logger = logging.getLogger("flamingock.lock")
 
@@ -91,6 +91,8 @@ class Lease:
         self.token = token
         self.run_id = run_id
         self.lost_reason = ""
+        #: Backend-specific state (the redis-py ``Lock`` of a Redis lease).
+        self.handle = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -121,6 +123,8 @@ class Lease:
                     if not self.backend.extend(self):
                         self.lost_reason = "the lease was taken over or released by someone else"
                         return
+                    # The run's heartbeat is what the reaper watches to tell a live run from a dead one.
+                    Run.objects.filter(pk=self.run_id).update(heartbeat_at=timezone.now())
                 except Exception as error:  # a lost store connection: stop before the next change
                     self.lost_reason = f"heartbeat failed: {error}"
                     logger.warning("lock %s: %s", self.name, self.lost_reason)
@@ -208,9 +212,14 @@ def lock_backend() -> LockBackend:
     """The configured backend for this environment's pipeline lock."""
     config = settings.FLAMINGOCK_LOCK
     name = f"pipeline:{settings.FLAMINGOCK_ENVIRONMENT}"
-    backend = config.get("backend", "database")
+    backend = config.get("backend") or ("redis" if settings.REDIS_URL else "database")
+    lease = config.get("lease_seconds", 60.0)
     if backend == "database":
-        return DatabaseLeaseLock(name, lease_seconds=config.get("lease_seconds", 60.0))
+        return DatabaseLeaseLock(name, lease_seconds=lease)
+    if backend == "redis":
+        from .redis_lock import RedisLeaseLock
+
+        return RedisLeaseLock(name, lease_seconds=lease)
     from django.utils.module_loading import import_string
 
-    return import_string(backend)(name, lease_seconds=config.get("lease_seconds", 60.0))
+    return import_string(backend)(name, lease_seconds=lease)

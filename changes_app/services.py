@@ -6,10 +6,12 @@ error before anything changes, then records a Run and does the work under the pi
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -27,6 +29,8 @@ from .locks import lock_backend
 from .models import ChangeRecord, Run, TargetSystem
 from .resolver import Action, Plan, PlanItem, _resolve, plan_build
 from .targets import target_systems
+
+logger = logging.getLogger("flamingock.services")
 
 
 class FlamingockError(Exception):
@@ -232,10 +236,21 @@ def run_execute(*, run_id: uuid.UUID) -> Run:
             status, reason = _SINGLE_CHANGE_ACTIONS[run.kind](executor, run)
     except (FenceRefused, StateMoved) as error:
         status, reason = Run.Status.ABORTED, f"refused by the ledger: {error}"
+    except engine.RunAborted as error:
+        status, reason = Run.Status.ABORTED, str(error)
     except FlamingockError as error:
         status, reason = Run.Status.FAILED, str(error)
+    except Exception as error:
+        # A lost database or target connection: stop, say so, leave every change as the ledger says.
+        logger.exception("run %s stopped by an unexpected error", run.id)
+        status, reason = Run.Status.ABORTED, f"stopped by an unexpected error: {type(error).__name__}: {error}"
     finally:
-        executor.release()
+        try:
+            executor.release()
+        except Exception:
+            logger.exception("run %s: releasing the lock failed; the lease expires on its own", run.id)
+        for system in executor.targets.values():
+            system.close()
     return _run_finish(run, actor, status, reason, executor.results)
 
 
@@ -253,6 +268,63 @@ def _run_finish(run: Run, actor: Actor, status: str, reason: str, results) -> Ru
         event=event, actor=actor, environment=run.environment, run_id=run.id, reason=reason, details={"status": status, "counts": run.counts}
     )
     return run
+
+
+def run_queue(
+    *, actor: Actor, source: str, kind: str = Run.Kind.PIPELINE, change_id: str = "", reason: str = "", parameters: dict | None = None
+) -> Run:
+    """Record a QUEUED run and queue its task once the row is committed."""
+    from .tasks import run_execute_task
+
+    with transaction.atomic():
+        run = run_create(actor=actor, source=source, kind=kind, change_id=change_id, reason=reason, parameters=parameters)
+        run.task_id = str(run.id)
+        run.save(update_fields=["task_id"])
+        transaction.on_commit(lambda: run_execute_task.apply_async(args=[str(run.id)], task_id=run.task_id))
+    return run
+
+
+REAPER = Actor(name="service:reaper", via="schedule")
+
+
+def runs_reap(*, now=None) -> dict[str, list[str]]:
+    """Settle runs whose worker died or whose task the broker lost (a periodic task).
+
+    A RUNNING run whose heartbeat stopped, and that no longer holds the lock, becomes ABORTED:
+    the changes it left STARTED show as issues with guidance. A run QUEUED for too long is queued
+    again (the claim makes duplicates harmless), and aborted after three attempts.
+    """
+    from .tasks import run_execute_task
+
+    now = now or timezone.now()
+    reaped: dict[str, list[str]] = {"aborted": [], "requeued": []}
+    holder = lock_backend().holder()
+    live_run = holder.run_id if holder is not None and not holder.expired else ""
+    dead_after = timedelta(seconds=settings.FLAMINGOCK_RUN_HEARTBEAT_TIMEOUT)
+    for run in Run.objects.filter(status=Run.Status.RUNNING, heartbeat_at__lt=now - dead_after):
+        if str(run.id) == live_run:
+            continue
+        reason = f"worker died: no heartbeat since {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC ({run.host} pid {run.pid})"
+        with transaction.atomic():
+            if not Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(status=Run.Status.ABORTED, finished_at=now, status_reason=reason):
+                continue
+            audit_record(event="run.aborted", actor=REAPER, environment=run.environment, run_id=run.id, reason=reason)
+        reaped["aborted"].append(str(run.id))
+    queued_after = timedelta(seconds=settings.FLAMINGOCK_RUN_QUEUED_TIMEOUT)
+    for run in Run.objects.filter(status=Run.Status.QUEUED, created_at__lt=now - queued_after):
+        attempts = int(run.parameters.get("requeued", 0))
+        if attempts >= 3:
+            reason = "never picked up by a worker after 3 attempts"
+            with transaction.atomic():
+                if Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(status=Run.Status.ABORTED, finished_at=now, status_reason=reason):
+                    audit_record(event="run.aborted", actor=REAPER, environment=run.environment, run_id=run.id, reason=reason)
+                    reaped["aborted"].append(str(run.id))
+            continue
+        parameters = {**run.parameters, "requeued": attempts + 1}
+        if Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(parameters=parameters, created_at=now):
+            run_execute_task.apply_async(args=[str(run.id)], task_id=run.task_id or str(run.id))
+            reaped["requeued"].append(str(run.id))
+    return reaped
 
 
 def run_start(

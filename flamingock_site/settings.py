@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "guardian",
+    "django_celery_beat",
     "audit_app.apps.AuditAppConfig",
     "changes_app.apps.ChangesAppConfig",
     "examples.apps.ExamplesConfig",
@@ -152,8 +153,10 @@ if os.environ.get("FLAMINGOCK_TARGETS_JSON"):
 
     FLAMINGOCK_TARGET_SYSTEMS = json.loads(os.environ["FLAMINGOCK_TARGETS_JSON"])
 #: The pipeline lock: lease and bounded wait, in seconds.
+#: ``backend``: "redis" (the default when REDIS_URL is set), "database" (the embedded default), or
+#: the dotted path of a class honouring the same contract.
 FLAMINGOCK_LOCK = {
-    "backend": os.environ.get("FLAMINGOCK_LOCK_BACKEND", "database"),
+    "backend": os.environ.get("FLAMINGOCK_LOCK_BACKEND", ""),
     "lease_seconds": float(os.environ.get("FLAMINGOCK_LOCK_LEASE", "60")),
     "wait_seconds": float(os.environ.get("FLAMINGOCK_LOCK_WAIT", "10")),
 }
@@ -161,3 +164,39 @@ FLAMINGOCK_LOCK = {
 FLAMINGOCK_SECRET_ENV_VARS = env_list("FLAMINGOCK_SECRET_ENV_VARS")
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
+
+# --- Celery ------------------------------------------------------------------------------------
+# A run is one task; its heartbeat, not a time limit, keeps it alive. The hard limit is far above
+# the longest expected run and the broker's visibility timeout is above that, so a slow run is
+# never redelivered while it is still running.
+FLAMINGOCK_RUN_TIME_LIMIT = int(os.environ.get("FLAMINGOCK_RUN_TIME_LIMIT", str(6 * 3600)))
+#: Seconds a run may go without a heartbeat before the reaper declares its worker dead.
+FLAMINGOCK_RUN_HEARTBEAT_TIMEOUT = float(os.environ.get("FLAMINGOCK_RUN_HEARTBEAT_TIMEOUT", str(3 * FLAMINGOCK_LOCK["lease_seconds"])))
+#: Seconds a run may stay QUEUED before the reaper queues it again (at most 3 times), then aborts it.
+FLAMINGOCK_RUN_QUEUED_TIMEOUT = float(os.environ.get("FLAMINGOCK_RUN_QUEUED_TIMEOUT", "300"))
+
+BROKER_DIR = VAR_DIR / "broker"
+if REDIS_URL:
+    CELERY_BROKER_URL = REDIS_URL
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": FLAMINGOCK_RUN_TIME_LIMIT + 3600}
+else:
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        "store_processed": False,
+    }
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = FLAMINGOCK_RUN_TIME_LIMIT
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = TIME_ZONE
+#: Tests that exercise a service's own logic may set this; worker tests never do.
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", default=False)

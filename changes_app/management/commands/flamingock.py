@@ -75,6 +75,7 @@ class Command(BaseCommand):
         command("plan", "each change: stage, order, id, target, latest state, next action, reason")
         run = command("run", "run the pipeline now, in this process, under the lock")
         run.add_argument("--dry-run", action="store_true", help="show what would run, change nothing")
+        run.add_argument("--async", dest="run_async", action="store_true", help="queue the run on a Celery worker and print its id")
         run.add_argument("action", nargs="?", choices=["cancel"], help="'cancel RUN_ID' cancels a run")
         run.add_argument("run_id", nargs="?", help="the run to cancel")
         command("validate", "exit non-zero if anything is pending, blocked or drifted (a deploy gate)")
@@ -188,6 +189,10 @@ class Command(BaseCommand):
             return EXIT_OK
         if options["dry_run"]:
             return self.do_plan(options)
+        if options["run_async"]:
+            run = services.run_queue(actor=cli_actor(), source=Run.Source.CLI)
+            self.emit({"run_id": str(run.id), "status": run.status, "task_id": run.task_id}, f"queued run {run.id}")
+            return EXIT_OK
         return self.emit_run(services.run_start(actor=cli_actor(), source=Run.Source.CLI))
 
     def _uuid(self, value: str):

@@ -1,0 +1,19 @@
+"""Celery tasks: primary keys in, one service call, nothing else."""
+from celery import shared_task
+
+
+@shared_task(name="flamingock.run_execute", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_execute_task(run_id: str) -> str:
+    """Execute a queued run (a pipeline, an undo, a fix, a skip...). A duplicate delivery finds the
+    run already claimed and does nothing."""
+    from .services import run_execute
+
+    return run_execute(run_id=run_id).status
+
+
+@shared_task(name="flamingock.runs_reap", ignore_result=True)
+def runs_reap_task() -> dict:
+    """Abort runs whose worker died; queue again runs the broker lost."""
+    from .services import runs_reap
+
+    return runs_reap()

@@ -17,7 +17,7 @@ app.autodiscover_tasks()
 @app.on_configure.connect
 def _broker_folders(sender, **kwargs):
     """The filesystem transport of the embedded default needs its folders to exist."""
-    for key in ("data_folder_in", "processed_folder"):
+    for key in ("data_folder_in", "processed_folder", "control_folder"):
         folder = (sender.conf.broker_transport_options or {}).get(key)
         if folder:
             os.makedirs(folder, exist_ok=True)

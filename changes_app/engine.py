@@ -353,6 +353,7 @@ class Executor:
                 crashpoint("after_apply", change.id)
                 # The fence check, the state re-read and the entry are the transaction's last statements.
                 entry = self.state_entry(item, S.APPLIED, expected=item.entry_id, duration_ms=self.elapsed(started))
+                crashpoint("before_commit", change.id)
         except (FenceRefused, StateMoved):
             raise
         except Exception as error:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 from audit_app.models import APPLIED_STATES, ChangeState
@@ -24,6 +24,7 @@ from audit_app.services import Actor, FenceRefused, StateMoved, audit_record, ch
 from . import engine
 from .definitions import ChangeDefinition, Strategy
 from .discovery import Pipeline, pipeline_load
+from .faults import crashpoint
 from .governance import PermissionRefused, target_operate_check
 from .locks import lock_backend
 from .models import ChangeRecord, Run, TargetSystem
@@ -212,6 +213,7 @@ def run_execute(*, run_id: uuid.UUID) -> Run:
     run = run_claim(run_id=run_id)
     if run is None:
         return Run.objects.get(pk=run_id)
+    crashpoint("after_claim")
     actor = _executing_actor(run)
     pipeline = pipeline_load()
     if run.pipeline_digest and pipeline.digest != run.pipeline_digest:
@@ -243,6 +245,9 @@ def run_execute(*, run_id: uuid.UUID) -> Run:
     except Exception as error:
         # A lost database or target connection: stop, say so, leave every change as the ledger says.
         logger.exception("run %s stopped by an unexpected error", run.id)
+        for connection in connections.all(initialized_only=True):
+            if connection.connection is not None and not connection.in_atomic_block and not connection.is_usable():
+                connection.close()
         status, reason = Run.Status.ABORTED, f"stopped by an unexpected error: {type(error).__name__}: {error}"
     finally:
         try:

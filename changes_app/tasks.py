@@ -6,9 +6,12 @@ from celery import shared_task
 def run_execute_task(run_id: str) -> str:
     """Execute a queued run (a pipeline, an undo, a fix, a skip...). A duplicate delivery finds the
     run already claimed and does nothing."""
+    from .faults import crashpoint
     from .services import run_execute
 
-    return run_execute(run_id=run_id).status
+    status = run_execute(run_id=run_id).status
+    crashpoint("before_ack")
+    return status
 
 
 @shared_task(name="flamingock.runs_reap", ignore_result=True)

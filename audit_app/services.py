@@ -20,7 +20,8 @@ from django.db.models import F
 from .models import APPLIED_STATES, AuditEntry, ChangeState, ChangeStateName
 from .redaction import redact, redact_data
 
-HOSTNAME = socket.gethostname()
+#: FLAMINGOCK_HOSTNAME names the host in the trail where the OS name is not telling (containers).
+HOSTNAME = os.environ.get("FLAMINGOCK_HOSTNAME") or socket.gethostname()
 
 
 class FenceRefused(Exception):

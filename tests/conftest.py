@@ -26,10 +26,27 @@ REPO = Path(__file__).resolve().parent.parent
 PG_SERVER = os.environ.get("FLAMINGOCK_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 
 
-def pytest_report_header(config):
+def _audit_vendor() -> str:
     from django.conf import settings
 
-    return f"flamingock: audit database {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}"
+    return settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+
+
+def pytest_report_header(config):
+    return f"flamingock: audit database {_audit_vendor()}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``postgres`` run in the PostgreSQL pass of bin/test; the SQLite pass says so."""
+    if _audit_vendor() == "postgresql":
+        return
+    deselected = [item for item in items if item.get_closest_marker("postgres")]
+    if deselected:
+        items[:] = [item for item in items if not item.get_closest_marker("postgres")]
+        config.hook.pytest_deselected(items=deselected)
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"flamingock: {len(deselected)} PostgreSQL-only tests deselected on SQLite; they run in the PostgreSQL pass")
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,10 @@ class ChangeTemplate:
     def steps(self, document: dict[str, Any], target: TargetSystem) -> list[Step]:
         raise NotImplementedError
 
+    def transactional_inferred(self, document: dict[str, Any], target: TargetSystem) -> bool | None:
+        """What the document implies when it does not declare ``transactional`` (``None``: the target's default)."""
+        return None
+
 
 def document_steps(document: dict[str, Any]) -> list[dict[str, Any]]:
     """The payload as a list of steps: ``steps`` as written, or the top level as one step."""
@@ -55,6 +59,10 @@ def split_statements(sql: str, dialect: str) -> list[str]:
     ``DELIMITER`` lines."""
     if dialect == "mysql" and re.search(r"^\s*DELIMITER\s", sql, re.IGNORECASE | re.MULTILINE):
         return _split_mysql_delimiters(sql)
+    return _split_plain(sql)
+
+
+def _split_plain(sql: str) -> list[str]:
     statements = []
     for statement in sqlparse.split(sql):
         if sqlparse.format(statement, strip_comments=True).strip().rstrip(";").strip():
@@ -67,9 +75,15 @@ def _split_mysql_delimiters(sql: str) -> list[str]:
     for line in sql.splitlines():
         match = re.match(r"^\s*DELIMITER\s+(\S+)\s*$", line, re.IGNORECASE)
         if match:
+            if delimiter == ";":
+                statements.extend(_split_plain("\n".join(buffer)))
+                buffer = []
             delimiter = match.group(1)
             continue
         buffer.append(line)
+        if delimiter == ";":
+            # Under the default delimiter, split like any script: quotes, comments, several per line.
+            continue
         joined = "\n".join(buffer).rstrip()
         if joined.endswith(delimiter):
             statement = joined[: -len(delimiter)].strip()
@@ -77,7 +91,9 @@ def _split_mysql_delimiters(sql: str) -> list[str]:
                 statements.append(statement)
             buffer = []
     rest = "\n".join(buffer).strip()
-    if rest:
+    if delimiter == ";":
+        statements.extend(_split_plain(rest))
+    elif rest:
         statements.append(rest)
     return statements
 
@@ -116,7 +132,16 @@ class SqlTemplate(ChangeTemplate):
             if transactional:
                 pattern = _NON_TRANSACTIONAL.get(target.dialect)
                 for statement in split_statements(step["apply"], target.dialect):
-                    if pattern and pattern.search(statement):
+                    if pattern and pattern.search(statement) and target.dialect == "mysql":
+                        # Only a declared 'transactional: true' gets here: DDL is otherwise inferred non-transactional.
+                        found.append(
+                            (
+                                "transactional",
+                                f"'transactional: true' but {_statement_label(statement)!r} is DDL, which MySQL and MariaDB commit "
+                                "implicitly: remove 'transactional: true' (DDL there is non-transactional by inference)",
+                            )
+                        )
+                    elif pattern and pattern.search(statement):
                         found.append(
                             (
                                 where,
@@ -125,6 +150,18 @@ class SqlTemplate(ChangeTemplate):
                             )
                         )
         return found
+
+    def transactional_inferred(self, document, target):
+        # MySQL and MariaDB commit implicitly around DDL: a change holding DDL cannot be transactional there.
+        if target.dialect != "mysql":
+            return None
+        pattern = _NON_TRANSACTIONAL["mysql"]
+        for step in document_steps(document):
+            scripts = [step.get(key) for key in ("apply", "rollback")] if isinstance(step, dict) else []
+            for script in scripts:
+                if isinstance(script, str) and any(pattern.search(statement) for statement in split_statements(script, "mysql")):
+                    return False
+        return None
 
     def steps(self, document, target):
         dialect = target.dialect

@@ -57,11 +57,15 @@ def _since(value: str) -> datetime:
         parsed = datetime.combine(parse_date(value), datetime.min.time())
     if parsed is None:
         raise Exit(EXIT_USAGE, f"--since: not a date or ISO 8601 time: {value!r}")
-    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, timezone.utc)
+    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, timezone.get_fixed_timezone(0))
 
 
 class Command(BaseCommand):
     help = "Plan, run, validate and govern change-as-code (see README)."
+
+    # The command validates the pipeline itself and reports problems in its own format (with
+    # --json too) and exit code 2; ``manage.py check`` still runs the system checks.
+    requires_system_checks = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")

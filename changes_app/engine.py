@@ -122,7 +122,10 @@ class Executor:
             if self.lease is not None:
                 break
             if time.monotonic() >= deadline:
-                return self.lock.holder()
+                holder = self.lock.holder()
+                if holder is not None:
+                    return holder
+                continue  # released between the attempt and the look: ``None`` would mean "acquired"
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 1.0)
         self.lease.start_heartbeat()
@@ -184,6 +187,10 @@ class Executor:
     # -- progress and stopping ----------------------------------------------------------------
 
     def progress(self, *, current: str = "", force: bool = False) -> None:
+        # Cancellation is read before every change, not only when progress is due: it stops the next change.
+        cancelled = Run.objects.filter(pk=self.run.pk).values_list("cancel_requested_by", flat=True).first()
+        if cancelled:
+            raise RunAborted(f"cancelled by {cancelled}")
         now = time.monotonic()
         if not force and now - self._last_progress < PROGRESS_INTERVAL:
             return
@@ -194,9 +201,6 @@ class Executor:
             if result.result in (Result.APPLIED, Result.FAILED, Result.ROLLED_BACK, Result.RECONCILED, Result.ALREADY_APPLIED)
         )
         Run.objects.filter(pk=self.run.pk).update(progress_done=done, current_change=current, heartbeat_at=timezone.now())
-        cancelled = Run.objects.filter(pk=self.run.pk).values_list("cancel_requested_by", flat=True).first()
-        if cancelled:
-            raise RunAborted(f"cancelled by {cancelled}")
 
     def check_lease(self) -> None:
         if self.lease is not None and self.lease.lost:
@@ -240,8 +244,9 @@ class Executor:
         if outcomes & {Result.FAILED, Result.ROLLED_BACK}:
             failed = [r.change_id for r in self.results if r.result in (Result.FAILED, Result.ROLLED_BACK)]
             return Run.Status.FAILED, f"failed: {', '.join(failed)}"
-        if outcomes & {Result.BLOCKED, Result.NOT_PERMITTED}:
-            blocked = [r.change_id for r in self.results if r.result in (Result.BLOCKED, Result.NOT_PERMITTED) and r.action != Action.BLOCKED]
+        # Changes merely waiting behind another (plan action BLOCKED) do not make the run blocked.
+        blocked = [r.change_id for r in self.results if r.result in (Result.BLOCKED, Result.NOT_PERMITTED) and r.action != Action.BLOCKED]
+        if blocked:
             return Run.Status.BLOCKED, f"blocked: {', '.join(blocked)}"
         if Result.AWAITING_APPROVAL in outcomes:
             waiting = [r.change_id for r in self.results if r.result == Result.AWAITING_APPROVAL]

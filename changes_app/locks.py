@@ -136,11 +136,12 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.backend.lease_seconds)
-        if not self.lost:
-            try:
-                self.backend.release(self)
-            except Exception as error:  # the lease expires on its own
-                logger.warning("lock %s: release failed: %s", self.name, error)
+        # Compare-and-delete by token: safe even when the lease was lost, and it frees a lock that
+        # was only fenced out sooner than its expiry would.
+        try:
+            self.backend.release(self)
+        except Exception as error:  # the lease expires on its own
+            logger.warning("lock %s: release failed: %s", self.name, error)
 
 
 class DatabaseLeaseLock:

@@ -178,7 +178,7 @@ def run_create(
             environment=_environment(),
             change_id=change_id,
             reason=reason,
-            parameters=parameters or {},
+            parameters={**(parameters or {}), **({"os_user": actor.os_user} if actor.os_user else {})},
             started_by_id=actor.user_id,
             actor=actor.name,
             host=actor.host,
@@ -205,7 +205,7 @@ def run_claim(*, run_id: uuid.UUID) -> Run | None:
 
 
 def _executing_actor(run: Run) -> Actor:
-    return Actor(name=run.actor, user_id=run.started_by_id, via=run.source.lower())
+    return Actor(name=run.actor, user_id=run.started_by_id, via=run.source.lower(), os_user=run.parameters.get("os_user", ""))
 
 
 def run_execute(*, run_id: uuid.UUID) -> Run:
@@ -306,7 +306,8 @@ def runs_reap(*, now=None) -> dict[str, list[str]]:
     holder = lock_backend().holder()
     live_run = holder.run_id if holder is not None and not holder.expired else ""
     dead_after = timedelta(seconds=settings.FLAMINGOCK_RUN_HEARTBEAT_TIMEOUT)
-    for run in Run.objects.filter(status=Run.Status.RUNNING, heartbeat_at__lt=now - dead_after):
+    # Only this environment's runs: the lock that tells a live run from a dead one is this environment's.
+    for run in Run.objects.filter(environment=_environment(), status=Run.Status.RUNNING, heartbeat_at__lt=now - dead_after):
         if str(run.id) == live_run:
             continue
         reason = f"worker died: no heartbeat since {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC ({run.host} pid {run.pid})"
@@ -316,7 +317,7 @@ def runs_reap(*, now=None) -> dict[str, list[str]]:
             audit_record(event="run.aborted", actor=REAPER, environment=run.environment, run_id=run.id, reason=reason)
         reaped["aborted"].append(str(run.id))
     queued_after = timedelta(seconds=settings.FLAMINGOCK_RUN_QUEUED_TIMEOUT)
-    for run in Run.objects.filter(status=Run.Status.QUEUED, created_at__lt=now - queued_after):
+    for run in Run.objects.filter(environment=_environment(), status=Run.Status.QUEUED, created_at__lt=now - queued_after):
         attempts = int(run.parameters.get("requeued", 0))
         if attempts >= 3:
             reason = "never picked up by a worker after 3 attempts"
@@ -440,7 +441,9 @@ def fix_check(subject: _Subject, resolution: str) -> str:
     if resolution not in ("applied", "rolled-back"):
         raise ActionRefused("resolution must be 'applied' or 'rolled-back'")
     action, why = _resolve(subject.change, subject.strategy, subject.state)
-    if subject.state is None or action != Action.MANUAL_INTERVENTION or subject.state.state in APPLIED_STATES:
+    # A verify probe that cannot prove the effect leaves a non-transactional STARTED change to a human.
+    probed = action == Action.RECONCILE and subject.strategy == Strategy.NON_TRANSACTIONAL
+    if subject.state is None or not (action == Action.MANUAL_INTERVENTION or probed) or subject.state.state in APPLIED_STATES:
         state = subject.state.state if subject.state else "none"
         raise ActionRefused(f"{subject.change.id} needs no manual fix (latest state: {state}); fix resolves changes in an uncertain state")
     return S.MANUAL_MARKED_AS_APPLIED if resolution == "applied" else S.MANUAL_MARKED_AS_ROLLED_BACK
@@ -561,6 +564,7 @@ def _do_undo(executor: engine.Executor, run: Run) -> tuple[str, str]:
     hold_reason = f"held after undo of {run.change_id} (run {run.id}): {run.reason}"
     for subject in cascade:
         executor.check_lease()
+        executor.progress(current=subject.change.id, force=True)
         item = _item(executor, subject.change.id)
         result = _undo_one(executor, item, hold_reason)
         executor.results.append(result)

@@ -147,7 +147,7 @@ class Command(BaseCommand):
         else:
             self.stderr.write(message)
 
-    def emit_run(self, run: Run) -> int:
+    def emit_run(self, run: Run, notices: list[str] | None = None) -> int:
         data = {
             "run_id": str(run.id),
             "kind": run.kind,
@@ -167,6 +167,9 @@ class Command(BaseCommand):
         text = f"run {run.id}: {run.status}" + (f" ({run.status_reason})" if run.status_reason else "")
         if rows:
             text = _table(rows, ["STAGE", "ORDER", "CHANGE", "RESULT", "MS", "DETAIL"]) + "\n" + text
+        if notices is not None:
+            data["notices"] = notices
+            text += "".join(f"\nnote: {notice}" for notice in notices)
         self.emit(data, text)
         return RUN_EXIT.get(run.status, EXIT_FAILED)
 
@@ -178,6 +181,7 @@ class Command(BaseCommand):
         text = _table(rows, ["STAGE", "ORDER", "CHANGE", "TARGET", "STATE", "NEXT ACTION", "REASON"]) if rows else "no changes"
         for missing in plan.missing:
             text += f"\nmissing from code: {missing.change_id} ({missing.state} in stage {missing.stage})"
+        text += "".join(f"\nnote: {notice}" for notice in plan.notices)
         self.emit(plan.as_dict(), text)
         return EXIT_OK
 
@@ -197,7 +201,7 @@ class Command(BaseCommand):
             run = services.run_queue(actor=cli_actor(), source=Run.Source.CLI)
             self.emit({"run_id": str(run.id), "status": run.status, "task_id": run.task_id}, f"queued run {run.id}")
             return EXIT_OK
-        return self.emit_run(services.run_start(actor=cli_actor(), source=Run.Source.CLI))
+        return self.emit_run(services.run_start(actor=cli_actor(), source=Run.Source.CLI), notices=pipeline_load().notices)
 
     def _uuid(self, value: str):
         import uuid

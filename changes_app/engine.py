@@ -127,7 +127,7 @@ class Executor:
                     return holder
                 continue  # released between the attempt and the look: ``None`` would mean "acquired"
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, 0.25)
         self.lease.start_heartbeat()
         self._limit_idle_transactions()
         self.run.fencing_token = self.lease.token
@@ -232,12 +232,16 @@ class Executor:
             for stage in plan.stages:
                 self.execute_stage(stage)
         except RunAborted as aborted:
-            recorded = {result.change_id for result in self.results}
-            for item in plan.items:
-                if item.change.id not in recorded:
-                    self.results.append(self.result(item, Result.NOT_REACHED, str(aborted)))
+            self.not_reached(plan, str(aborted))
             return Run.Status.ABORTED, str(aborted)
+        except Exception as error:
+            self.not_reached(plan, f"stopped by an unexpected error: {type(error).__name__}")
+            raise
         return self.outcome()
+
+    def not_reached(self, plan: Plan, reason: str) -> None:
+        recorded = {result.change_id for result in self.results}
+        self.results.extend(self.result(item, Result.NOT_REACHED, reason) for item in plan.items if item.change.id not in recorded)
 
     def outcome(self) -> tuple[str, str]:
         outcomes = {result.result for result in self.results}

@@ -5,10 +5,12 @@ compare-and-extend and a Lua compare-and-delete keyed by a random owner token. R
 empty, so the fencing token is never taken from Redis: it comes from the audit database
 (:func:`changes_app.locks.fence_advance`), and every fenced write is checked there.
 """
+
 from __future__ import annotations
 
 import json
 import time
+from datetime import UTC
 
 import redis
 from django.conf import settings
@@ -66,7 +68,7 @@ class RedisLeaseLock:
             return None
         info = json.loads(raw) if raw else {}
         now = timezone.now()
-        since = timezone.datetime.fromtimestamp(info["since"], tz=timezone.utc) if info.get("since") else None
+        since = timezone.datetime.fromtimestamp(info["since"], tz=UTC) if info.get("since") else None
         return Holder(
             self.name, info.get("run_id", ""), info.get("holder", "?"), info.get("host", ""), info.get("pid"), info.get("token"),
             since, now + timezone.timedelta(milliseconds=ttl),

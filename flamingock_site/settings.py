@@ -79,7 +79,10 @@ def _database_from_environment() -> dict:
     if url:
         config = dj_database_url.parse(url, conn_max_age=0)
         if config["ENGINE"] == "django.db.backends.postgresql":
-            config.setdefault("OPTIONS", {})
+            # A paused lock holder must not block a takeover: the server ends a transaction left
+            # idle for half a lease (DOMAIN §7); the engine sets the same on its runner connection.
+            lease_ms = int(float(os.environ.get("FLAMINGOCK_LOCK_LEASE", "60")) * 500)
+            config.setdefault("OPTIONS", {})["options"] = f"-c idle_in_transaction_session_timeout={lease_ms}"
             # Keep test databases of parallel runs apart.
             config["TEST"] = {"NAME": os.environ.get("FLAMINGOCK_TEST_DB_NAME") or None}
         return config
@@ -138,7 +141,13 @@ FLAMINGOCK_ENVIRONMENT = os.environ.get("FLAMINGOCK_ENVIRONMENT", "dev")
 FLAMINGOCK_PROTECTED_ENVIRONMENTS = env_list("FLAMINGOCK_PROTECTED_ENVIRONMENTS", "prod,production")
 #: Extra change packages, each a stage (``package`` or ``name=package``), run after the ``changes``
 #: packages of installed apps.
-FLAMINGOCK_STAGES = env_list("FLAMINGOCK_STAGES")
+FLAMINGOCK_STAGES = env_list(
+    "FLAMINGOCK_STAGES",
+    # The example service's stages beyond its own database (examples/service_changes), one per
+    # target system below; a stage whose system is disabled is left out, and plan/run say so.
+    "feature-flags=examples.service_changes.feature_flags,order-events=examples.service_changes.order_events,"
+    "billing=examples.service_changes.billing,payments=examples.service_changes.payments",
+)
 #: Whether the ``changes`` package of every installed app is a stage.
 FLAMINGOCK_DISCOVER_APPS = env_bool("FLAMINGOCK_DISCOVER_APPS", default=True)
 #: ``block`` (default) or ``allow`` a new change ordered before an applied one.
@@ -147,6 +156,28 @@ FLAMINGOCK_OUT_OF_ORDER = os.environ.get("FLAMINGOCK_OUT_OF_ORDER", "block")
 #: ``FLAMINGOCK_TARGETS_JSON`` (a JSON object of the same shape) replaces the default.
 FLAMINGOCK_TARGET_SYSTEMS = {
     "app-db": {"kind": "django", "alias": "default", "description": "The application's own database"},
+    # The example service's other systems, each enabled only when its environment variable is set,
+    # so that the embedded demo runs anywhere (docs/targets-beyond-sql.md, "Disabled target systems").
+    "feature-flags": {"kind": "redis", "url_env": "REDIS_URL", "enabled": bool(os.environ.get("REDIS_URL")), "description": "Feature flags"},
+    "event-bus": {
+        "kind": "rabbitmq",
+        "url_env": "FLAMINGOCK_RABBITMQ_URL",
+        "enabled": bool(os.environ.get("FLAMINGOCK_RABBITMQ_URL")),
+        "description": "The message broker",
+    },
+    "billing-db": {
+        "kind": "mysql",
+        "url_env": "FLAMINGOCK_MARIADB_URL",
+        "enabled": bool(os.environ.get("FLAMINGOCK_MARIADB_URL")),
+        "description": "The billing database (MariaDB)",
+    },
+    "payments-api": {
+        "kind": "http",
+        "base_url_env": "FLAMINGOCK_SAAS_URL",
+        "token_env": "FLAMINGOCK_SAAS_TOKEN",
+        "enabled": bool(os.environ.get("FLAMINGOCK_SAAS_URL")),
+        "description": "The payment provider's API (examples/demo_saas.py in the demo)",
+    },
 }
 if os.environ.get("FLAMINGOCK_TARGETS_JSON"):
     import json
@@ -175,10 +206,17 @@ FLAMINGOCK_RUN_HEARTBEAT_TIMEOUT = float(os.environ.get("FLAMINGOCK_RUN_HEARTBEA
 #: Seconds a run may stay QUEUED before the reaper queues it again (at most 3 times), then aborts it.
 FLAMINGOCK_RUN_QUEUED_TIMEOUT = float(os.environ.get("FLAMINGOCK_RUN_QUEUED_TIMEOUT", "300"))
 
+#: Seconds the broker waits before delivering an unacknowledged task again: always above the time limit.
+FLAMINGOCK_BROKER_VISIBILITY_TIMEOUT = FLAMINGOCK_RUN_TIME_LIMIT + int(os.environ.get("FLAMINGOCK_BROKER_VISIBILITY_MARGIN", "3600"))
+
 BROKER_DIR = VAR_DIR / "broker"
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": FLAMINGOCK_RUN_TIME_LIMIT + 3600}
+    # FLAMINGOCK_BROKER_KEYPREFIX keeps deployments (or test runs) sharing one Redis apart.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": FLAMINGOCK_BROKER_VISIBILITY_TIMEOUT,
+        "global_keyprefix": os.environ.get("FLAMINGOCK_BROKER_KEYPREFIX", ""),
+    }
 else:
     CELERY_BROKER_URL = "filesystem://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -188,6 +226,8 @@ else:
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
     }
+#: One queue per environment when several share a broker.
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("FLAMINGOCK_QUEUE", "celery")
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

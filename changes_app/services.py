@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from audit_app.models import APPLIED_STATES, ChangeState
 from audit_app.models import ChangeStateName as S
+from audit_app.redaction import redact, redact_data
 from audit_app.services import Actor, FenceRefused, StateMoved, audit_record, change_states
 
 from . import engine
@@ -76,7 +77,8 @@ def target_systems_sync() -> None:
         row = existing.get(name)
         values = {"kind": system.kind, "description": system.description, "configuration": system.describe(), "retired_at": None}
         if row is None:
-            TargetSystem.objects.create(name=name, **values)
+            # Workers starting their first runs together may create the same row: the first one wins.
+            TargetSystem.objects.bulk_create([TargetSystem(name=name, **values)], ignore_conflicts=True)
         elif any(getattr(row, key) != value for key, value in values.items()):
             TargetSystem.objects.filter(pk=row.pk).update(**values)
     TargetSystem.objects.exclude(name__in=list(configured)).filter(retired_at__isnull=True).update(retired_at=timezone.now())
@@ -137,7 +139,7 @@ def catalogue_sync(*, pipeline: Pipeline | None = None) -> None:
             row.synced_at = now
             update.append(row)
     with transaction.atomic():
-        ChangeRecord.objects.bulk_create(create, batch_size=500)
+        ChangeRecord.objects.bulk_create(create, batch_size=500, ignore_conflicts=True)
         if update:
             ChangeRecord.objects.bulk_update(update, [*fields, "synced_at"], batch_size=500)
         ChangeRecord.objects.exclude(change_id__in=list(pipeline.by_id)).filter(removed_at__isnull=True).update(removed_at=now)
@@ -261,9 +263,10 @@ def run_execute(*, run_id: uuid.UUID) -> Run:
 
 def _run_finish(run: Run, actor: Actor, status: str, reason: str, results) -> Run:
     run.status = status
-    run.status_reason = reason
+    # The run is shown by the admin, the API and the CLI: errors in it are redacted like the trail's.
+    run.status_reason = redact(reason)
     run.finished_at = timezone.now()
-    run.results = engine.results_as_dicts(results)
+    run.results = redact_data(engine.results_as_dicts(results))
     run.counts = engine.counts_of(results)
     run.progress_done = sum(1 for r in results if r.result in ("APPLIED", "FAILED", "ROLLED_BACK", "RECONCILED", "ALREADY_APPLIED"))
     run.current_change = ""

@@ -148,9 +148,8 @@ class Executor:
         if self.lease is None:
             return
         crashpoint("before_release")
-        lost = self.lease.lost
-        self.lease.release()
-        if lost:
+        released = self.lease.release()
+        if not released or self.lease.lost:
             self.audit("lock.lost", details={"lock": self.lock.name, "token": self.lease.token, "reason": self.lease.lost_reason})
         else:
             self.audit("lock.released", details={"lock": self.lock.name, "token": self.lease.token})

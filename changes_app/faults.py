@@ -17,6 +17,7 @@ order:
 - ``before_release``: every change done, the lock not yet released;
 - ``before_ack``: a worker finished the run, the task not yet acknowledged.
 """
+
 import os
 import signal
 

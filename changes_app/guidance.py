@@ -29,7 +29,8 @@ def issue_guidance(item: PlanItem) -> list[str]:
     if item.recorded_checksum and item.recorded_checksum != change.checksum:
         return [
             f"{change.id} was edited after it was applied: the code no longer matches what ran.",
-            f"Compare the current source ({change.path}) with the version recorded in the audit trail: {_cli(f'audit list --change {change.id} --history')}",
+            f"Find what changed: the trail records the checksum of the applied version ({(item.recorded_checksum or '')[:12]}); "
+            f"compare {change.path} with its version in source control at the time of the APPLIED entry: {_cli(f'audit list --change {change.id} --history')}",
             "If the edit was a mistake, revert it: the stage runs again with no action.",
             f"If the edit is intended and the target already matches it, re-baseline: {_cli(f'accept-checksum {change.id} --reason ...')}",
             "If the target must change too, write a new change instead of editing an applied one.",
@@ -45,7 +46,7 @@ def issue_guidance(item: PlanItem) -> list[str]:
     steps = [
         f"{what} {'started but never finished' if state == S.STARTED else 'failed'} and its outcome on the target is unknown"
         + (" (its strategy is non-transactional: there is no transaction to roll back)." if item.strategy == Strategy.NON_TRANSACTIONAL else "."),
-        f"Inspect {change.target!r} for the effect of the change (see {change.path}).",
+        f"Inspect {change.target!r} for the effect of the change (see {change.path}).{_effects(change)}",
         f"If the effect is fully present, record it: {fix_applied}",
         f"If it is absent (or you removed a partial effect), record it so the next run applies it again: {fix_rolled_back}",
     ]
@@ -54,6 +55,14 @@ def issue_guidance(item: PlanItem) -> list[str]:
     if change.recovery != "ALWAYS_RETRY":
         steps.append("If applying it twice is harmless, declare recovery ALWAYS_RETRY so it is retried instead.")
     return steps
+
+
+def _effects(change) -> str:
+    """What a template change does on its target, step by step: the state to look for."""
+    if change.kind != "template":
+        return ""
+    done = "; ".join(f"{step.label}: {' '.join(step.preview.split())}" for step in change.steps if step.preview)
+    return f" On {change.target!r} it does, in order: {done}." if done else ""
 
 
 def issue_details(item: PlanItem) -> dict:

@@ -132,16 +132,21 @@ class Lease:
         finally:
             connections.close_all()
 
-    def release(self) -> None:
+    def release(self) -> bool:
+        """Stop the heartbeat and release by token; False if the lock was no longer this lease's."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.backend.lease_seconds)
         # Compare-and-delete by token: safe even when the lease was lost, and it frees a lock that
         # was only fenced out sooner than its expiry would.
         try:
-            self.backend.release(self)
+            released = self.backend.release(self)
         except Exception as error:  # the lease expires on its own
             logger.warning("lock %s: release failed: %s", self.name, error)
+            released = False
+        if not released and not self.lost_reason:
+            self.lost_reason = "the lock was released or taken over by someone else"
+        return released
 
 
 class DatabaseLeaseLock:

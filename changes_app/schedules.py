@@ -1,5 +1,6 @@
 """Periodic tasks, created idempotently after ``migrate``: never deleted or overwritten, so an
 operator's edits in the admin (interval, enabled) survive every deploy."""
+
 from __future__ import annotations
 
 #: name -> (task, every seconds)

@@ -1,4 +1,5 @@
 """Celery tasks: primary keys in, one service call, nothing else."""
+
 from celery import shared_task
 
 

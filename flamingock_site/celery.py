@@ -3,6 +3,7 @@
 Broker: Redis when REDIS_URL is set; otherwise kombu's filesystem transport under var/broker, so
 that the embedded default still runs a real worker and beat as separate processes.
 """
+
 import os
 
 from celery import Celery

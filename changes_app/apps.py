@@ -7,7 +7,7 @@ class ChangesAppConfig(AppConfig):
     verbose_name = "Changes"
 
     def ready(self):
-        from . import checks  # noqa: F401  (registers the system check)
+        from . import checks, target_kinds  # noqa: F401  (register the system check; the redis, http, rabbitmq and mysql kinds)
         from .targets import load_entry_point_kinds
 
         load_entry_point_kinds()

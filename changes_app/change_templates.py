@@ -132,16 +132,7 @@ class SqlTemplate(ChangeTemplate):
             if transactional:
                 pattern = _NON_TRANSACTIONAL.get(target.dialect)
                 for statement in split_statements(step["apply"], target.dialect):
-                    if pattern and pattern.search(statement) and target.dialect == "mysql":
-                        # Only a declared 'transactional: true' gets here: DDL is otherwise inferred non-transactional.
-                        found.append(
-                            (
-                                "transactional",
-                                f"'transactional: true' but {_statement_label(statement)!r} is DDL, which MySQL and MariaDB commit "
-                                "implicitly: remove 'transactional: true' (DDL there is non-transactional by inference)",
-                            )
-                        )
-                    elif pattern and pattern.search(statement):
+                    if pattern and pattern.search(statement):
                         found.append(
                             (
                                 where,

@@ -60,6 +60,10 @@ class Stage:
 class Pipeline:
     stages: list[Stage]
     problems: list[Problem]
+    #: Stages left out because a change of theirs targets a disabled system (``"enabled": false``).
+    left_out: list[Stage] = field(default_factory=list)
+    #: What ``plan`` and ``run`` tell the operator about the pipeline (the stages left out, and why).
+    notices: list[str] = field(default_factory=list)
 
     @cached_property
     def by_id(self) -> dict[str, ChangeDefinition]:
@@ -280,7 +284,11 @@ class _Loader:
         if common is None or unknown:
             return None
         target = common["target_system"]
-        problems = template.problems(document, target, transactional=common["transactional"])
+        transactional = common["transactional"]
+        if document.get("transactional") is None:
+            inferred = template.transactional_inferred(document, target)
+            transactional = transactional if inferred is None else inferred
+        problems = template.problems(document, target, transactional=transactional)
         for key, message in problems:
             self.problem("template", message, shown, lines.get(key.split("[")[0], 1))
         if problems:
@@ -291,7 +299,7 @@ class _Loader:
             order=prefix,
             author=document["author"],
             target=document["target"],
-            transactional=common["transactional"],
+            transactional=transactional,
             recovery=common["recovery"],
             description=document.get("description") or "",
             environments=common["environments"],
@@ -329,7 +337,23 @@ def pipeline_discover() -> Pipeline:
                 )
             else:
                 seen[change.id] = change
-    return Pipeline(stages=stages, problems=loader.problems)
+    return _leave_out_disabled(Pipeline(stages=stages, problems=loader.problems), loader.targets)
+
+
+def _leave_out_disabled(pipeline: Pipeline, systems: dict[str, TargetSystem]) -> Pipeline:
+    """A stage with a change on a disabled target system is left out whole (running part of a stage
+    would break its order), and a notice says so."""
+    kept = []
+    for stage in pipeline.stages:
+        disabled = [systems[name] for name in sorted({change.target for change in stage.changes}) if not systems[name].enabled]
+        if not disabled:
+            kept.append(stage)
+            continue
+        pipeline.left_out.append(stage)
+        why = ", ".join(f"{system.name!r} ({', '.join([system.kind, *system.required_environment()])})" for system in disabled)
+        pipeline.notices.append(f'stage {stage.name!r} is left out: target system {why} is disabled ("enabled": false)')
+    pipeline.stages = kept
+    return pipeline
 
 
 _cached: Pipeline | None = None

@@ -85,6 +85,8 @@ class Plan:
     stages: list[StagePlan]
     #: Applied changes whose code disappeared (definition drift).
     missing: list[ChangeState] = field(default_factory=list)
+    #: The pipeline's notices (stages left out because their target system is disabled).
+    notices: list[str] = field(default_factory=list)
 
     @property
     def items(self) -> list[PlanItem]:
@@ -107,6 +109,7 @@ class Plan:
             "changes": [item.as_dict() for item in self.items],
             "missing_from_code": [{"id": row.change_id, "stage": row.stage, "state": row.state} for row in self.missing],
             "summary": {action.value: self.count(action) for action in Action if self.count(action)},
+            "notices": self.notices,
         }
 
 
@@ -185,9 +188,10 @@ def plan_build(
             stage_plan.items.append(item)
         _hold_stage(stage_plan, approval_needed)
         stages.append(stage_plan)
-    known = pipeline.by_id
+    # A left-out stage's changes are still in code: they are not missing.
+    known = {*pipeline.by_id, *(change.id for stage in pipeline.left_out for change in stage.changes)}
     missing = [row for change_id, row in sorted(states.items()) if change_id not in known and row.state in APPLIED_STATES]
-    return Plan(environment=environment, digest=pipeline.digest, stages=stages, missing=missing)
+    return Plan(environment=environment, digest=pipeline.digest, stages=stages, missing=missing, notices=list(pipeline.notices))
 
 
 def _hold_stage(stage: StagePlan, approval_needed) -> None:

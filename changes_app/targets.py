@@ -70,6 +70,15 @@ class TargetSystem:
         return []
 
     @property
+    def enabled(self) -> bool:
+        """``"enabled": false`` switches a configured system off: discovery leaves out its stages."""
+        return self.config.get("enabled", True) is not False
+
+    def required_environment(self) -> list[str]:
+        """The environment variables the configuration names (keys ending in ``_env``)."""
+        return [str(value) for key, value in self.config.items() if key.endswith("_env") and value]
+
+    @property
     def dialect(self) -> str:
         """The SQL dialect for the ``sql`` template, or ``""`` if this is not a SQL target."""
         return ""
@@ -325,6 +334,8 @@ def target_config_problems() -> dict[str, list[str]]:
     for name, config in settings.FLAMINGOCK_TARGET_SYSTEMS.items():
         cls = _kinds.get(config.get("kind", ""))
         found = [f"unknown target kind {config.get('kind')!r} (known: {', '.join(sorted(_kinds))})"] if cls is None else cls.config_problems(config)
+        if not isinstance(config.get("enabled", True), bool):
+            found = [*found, "'enabled' must be true or false"]
         if found:
             problems[name] = found
     return problems

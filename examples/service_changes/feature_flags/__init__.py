@@ -1,0 +1,1 @@
+"""Feature flags and checkout configuration of the shop, in Redis."""

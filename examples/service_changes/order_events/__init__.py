@@ -1,0 +1,1 @@
+"""The order events topology of the shop, in RabbitMQ."""

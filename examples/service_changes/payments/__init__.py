@@ -1,0 +1,1 @@
+"""The payment provider of the shop, a SaaS API: its webhook registration."""

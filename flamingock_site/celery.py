@@ -18,7 +18,9 @@ app.autodiscover_tasks()
 @app.on_configure.connect
 def _broker_folders(sender, **kwargs):
     """The filesystem transport of the embedded default needs its folders to exist."""
+    from django.conf import settings
+
+    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {}) or {}
     for key in ("data_folder_in", "processed_folder", "control_folder"):
-        folder = (sender.conf.broker_transport_options or {}).get(key)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
+        if options.get(key):
+            os.makedirs(options[key], exist_ok=True)

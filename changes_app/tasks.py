@@ -1,9 +1,9 @@
 """Celery tasks: primary keys in, one service call, nothing else."""
 
-from celery import shared_task
+from flamingock_site.celery import app
 
 
-@shared_task(name="flamingock.run_execute", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@app.task(name="flamingock.run_execute", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_execute_task(run_id: str) -> str:
     """Execute a queued run (a pipeline, an undo, a fix, a skip...). A duplicate delivery finds the
     run already claimed and does nothing."""
@@ -15,9 +15,17 @@ def run_execute_task(run_id: str) -> str:
     return status
 
 
-@shared_task(name="flamingock.runs_reap", ignore_result=True)
+@app.task(name="flamingock.runs_reap", ignore_result=True)
 def runs_reap_task() -> dict:
     """Abort runs whose worker died; queue again runs the broker lost."""
     from .services import runs_reap
 
     return runs_reap()
+
+
+@app.task(name="flamingock.requests_expire", ignore_result=True)
+def requests_expire_task() -> list[int]:
+    """Expire requests past their expiry; settle those whose run ended."""
+    from .approvals import requests_expire
+
+    return requests_expire()

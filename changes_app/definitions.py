@@ -60,14 +60,32 @@ def call_with(function: Callable, dependencies: dict[str, Any]) -> Any:
 
 
 def parameter_names(function: Callable) -> list[str]:
-    names = []
-    for parameter in inspect.signature(function).parameters.values():
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            continue
-        if parameter.default is not parameter.empty:
-            continue
-        names.append(parameter.name)
+    """The required parameters of ``function`` (bound methods without ``self``).
+
+    Read from the code object, which costs far less than ``inspect.signature`` and is cached on
+    it: discovery asks for every method of every change, and each apply asks again.
+    """
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return [
+            parameter.name
+            for parameter in inspect.signature(function).parameters.values()
+            if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) and parameter.default is parameter.empty
+        ]
+    names = _PARAMETERS.get(code)
+    if names is None:
+        positional = list(code.co_varnames[: code.co_argcount])
+        keyword_only = list(code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount])
+        defaults = len(getattr(function, "__defaults__", None) or ())
+        kwdefaults = getattr(function, "__kwdefaults__", None) or {}
+        required = positional[: len(positional) - defaults] + [name for name in keyword_only if name not in kwdefaults]
+        names = _PARAMETERS[code] = required
+    if inspect.ismethod(function) and names and names[0] == code.co_varnames[0]:
+        return names[1:]
     return names
+
+
+_PARAMETERS: dict[Any, list[str]] = {}
 
 
 @dataclass

@@ -208,7 +208,9 @@ class _Loader:
             self.problem("change-class", f"a change module defines exactly one Change subclass (found: {found})", shown, 1)
             return None
         cls = classes[0]
-        line = inspect.getsourcelines(cls)[1]
+        source = path.read_text(encoding="utf-8")
+        found = re.search(rf"^[ \t]*class[ \t]+{re.escape(cls.__name__)}\b", source, re.MULTILINE)
+        line = source.count("\n", 0, found.start()) + 1 if found else 1
         values = {
             key: getattr(cls, key, None) for key in ("id", "author", "target", "transactional", "recovery", "environments", "order", "description")
         }
@@ -226,16 +228,15 @@ class _Loader:
                 method = getattr(cls, method_name, None)
                 if not callable(method):
                     continue
-                unknown = [name for name in parameter_names(method) if name != "self" and name not in offered]
+                unknown = [name for name in parameter_names(method)[1:] if name not in offered]
                 if unknown:
                     self.problem(
                         "unknown-dependency",
                         f"{cls.__name__}.{method_name} asks for {', '.join(unknown)}; target {target.name!r} offers {', '.join(sorted(offered))}",
                         shown,
-                        inspect.getsourcelines(method)[1],
+                        method.__code__.co_firstlineno,
                     )
                     return None
-        source = path.read_text(encoding="utf-8")
         return ChangeDefinition(
             id=values["id"],
             stage=stage.name,

@@ -26,7 +26,7 @@ from .definitions import ChangeDefinition, Strategy
 from .discovery import Pipeline
 from .faults import crashpoint
 from .governance import OPERATE, actor_may
-from .locks import Holder, Lease, LockBackend
+from .locks import Holder, Lease, LockBackend, RunCancelled
 from .models import Run
 from .resolver import PENDING, Action, Plan, PlanItem, plan_build
 from .targets import MarkerConflict, TargetSystem, audit_alias, target_systems
@@ -157,6 +157,12 @@ class Executor:
     # -- audit helpers -----------------------------------------------------------------------
 
     def audit(self, event: str, **kwargs) -> Any:
+        change = kwargs.get("change")
+        # A change's entries record the approval behind them: the request a single-change run
+        # executes, or the APPLY request the approval hook let the change through with.
+        approval = self.run.parameters.get("approval") or (getattr(self.approval_needed, "evidence", {}).get(change.id) if change else None)
+        if change is not None and approval:
+            kwargs["details"] = {**(kwargs.get("details") or {}), "approval": approval}
         return audit_record(event=event, actor=self.actor, environment=self.environment, run_id=self.run.id, **kwargs)
 
     def ref(self, item: PlanItem, checksum: str | None = None) -> ChangeRef:
@@ -186,14 +192,16 @@ class Executor:
     # -- progress and stopping ----------------------------------------------------------------
 
     def progress(self, *, current: str = "", force: bool = False) -> None:
-        # Cancellation is read before every change, not only when progress is due: it stops the next change.
-        cancelled = Run.objects.filter(pk=self.run.pk).values_list("cancel_requested_by", flat=True).first()
-        if cancelled:
-            raise RunAborted(f"cancelled by {cancelled}")
+        """Commit progress a few times a second at most. A cancellation is noticed here when
+        progress is due, and always by the fence check of the next change's first entry, which
+        refuses to write for a cancelled run: a cancelled run stops before its next change."""
         now = time.monotonic()
         if not force and now - self._last_progress < PROGRESS_INTERVAL:
             return
         self._last_progress = now
+        cancelled = Run.objects.filter(pk=self.run.pk).values_list("cancel_requested_by", flat=True).first()
+        if cancelled:
+            raise RunAborted(f"cancelled by {cancelled}")
         done = sum(
             1
             for result in self.results
@@ -335,8 +343,11 @@ class Executor:
             Strategy.MARKER: self.apply_marker,
             Strategy.NON_TRANSACTIONAL: self.apply_non_transactional,
         }[item.strategy]
+        self.lease.cancel_check = True
         try:
             result = strategy(item, started)
+        except RunCancelled as cancelled:
+            raise RunAborted(str(cancelled)) from cancelled
         except FenceRefused as refused:
             return self.result(item, Result.ABORTED, f"lock lost: {refused}")
         except StateMoved as moved:

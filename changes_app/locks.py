@@ -59,6 +59,10 @@ class Holder:
         }
 
 
+class RunCancelled(FenceRefused):
+    """The run was cancelled: its next fenced write is refused, so it stops before its next change."""
+
+
 class LockBackend(Protocol):
     name: str
     lease_seconds: float
@@ -93,19 +97,34 @@ class Lease:
         self.lost_reason = ""
         #: Backend-specific state (the redis-py ``Lock`` of a Redis lease).
         self.handle = None
+        #: Set by the engine before a change's first entry: that check also refuses a cancelled run.
+        self.cancel_check = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # Fence protocol (audit_app.services.Fence)
     def check(self, *, using: str) -> None:
-        with connections[using].cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {Fence._meta.db_table} SET checked_at = CURRENT_TIMESTAMP WHERE name = %s AND token = %s",
-                [self.name, self.token],
-            )
-            if cursor.rowcount != 1:
-                self.lost_reason = self.lost_reason or f"fencing token {self.token} is no longer the newest"
-                raise FenceRefused(f"fencing token {self.token} of lock {self.name!r} is stale: another holder took the lock")
+        """One statement: the token is still the newest (row-locked until commit) and the run was
+        not cancelled; otherwise nothing of the caller's transaction may remain."""
+        connection = connections[using]
+        sql = f"UPDATE {Fence._meta.db_table} SET checked_at = CURRENT_TIMESTAMP WHERE name = %s AND token = %s"
+        params = [self.name, self.token]
+        if self.cancel_check:
+            # Only the first entry of a change: a change under way is never cut short by a cancel.
+            self.cancel_check = False
+            sql += f" AND NOT EXISTS (SELECT 1 FROM {Run._meta.db_table} WHERE id = %s AND cancel_requested_at IS NOT NULL)"
+            params.append(Run._meta.pk.get_db_prep_value(self.run_id, connection))
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            if cursor.rowcount == 1:
+                return
+            cursor.execute(f"SELECT token FROM {Fence._meta.db_table} WHERE name = %s", [self.name])
+            row = cursor.fetchone()
+        if row is not None and row[0] == self.token:
+            by = Run.objects.using(using).filter(pk=self.run_id).values_list("cancel_requested_by", flat=True).first()
+            raise RunCancelled(f"cancelled by {by}")
+        self.lost_reason = self.lost_reason or f"fencing token {self.token} is no longer the newest"
+        raise FenceRefused(f"fencing token {self.token} of lock {self.name!r} is stale: another holder took the lock")
 
     @property
     def lost(self) -> bool:

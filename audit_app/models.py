@@ -46,7 +46,9 @@ class AuditEntryQuerySet(models.QuerySet):
     def delete(self):
         raise AppendOnlyError("Audit entries cannot be deleted.")
 
-    _raw_delete = delete
+    def _raw_delete(self, using):
+        # The collector's fast path for cascades calls this with ``using``.
+        raise AppendOnlyError("Audit entries cannot be deleted.")
 
     def bulk_update(self, objs, fields, batch_size=None):
         raise AppendOnlyError("Audit entries cannot be updated.")
@@ -55,6 +57,11 @@ class AuditEntryQuerySet(models.QuerySet):
 class AuditEntry(models.Model):
     """One event in the trail. Written only by :func:`audit_app.services.audit_record`."""
 
+    #: Position in the hash chain, given under the chain-head lock: contiguous from 1.
+    seq = models.BigIntegerField(unique=True, null=True, editable=False)
+    hash_version = models.PositiveSmallIntegerField(default=1, editable=False)
+    prev_hash = models.CharField(max_length=64, blank=True, default="", editable=False)
+    entry_hash = models.CharField(max_length=64, blank=True, default="", editable=False)
     event = models.CharField(max_length=64, db_index=True)
     created_at = models.DateTimeField(db_default=Now(), editable=False)
     environment = models.CharField(max_length=64)
@@ -109,6 +116,71 @@ class AuditEntry(models.Model):
 
     def delete(self, *args, **kwargs):
         raise AppendOnlyError("Audit entries cannot be deleted.")
+
+
+class ChainHead(models.Model):
+    """The newest entry of the chain. Its row lock serialises writers for the length of a commit."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    seq = models.BigIntegerField(default=0)
+    entry_hash = models.CharField(max_length=64)
+    entry_id = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=models.Q(id=1), name="chainhead_single_row")]
+
+    def __str__(self):
+        return f"chain head at {self.seq}"
+
+
+class AuditCheckpoint(models.Model):
+    """A signed statement of the chain head: truncating the tail is detected against it, and an
+    export can be checked with the public key alone. Append-only like the trail."""
+
+    seq = models.BigIntegerField()
+    entry_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+    key_id = models.CharField(max_length=32)
+    public_key = models.CharField(max_length=64)
+    signature = models.CharField(max_length=128)
+    reason = models.CharField(max_length=32, default="schedule")
+
+    objects = AuditEntryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-seq", "-id"]
+
+    def __str__(self):
+        return f"checkpoint at {self.seq} ({self.created_at:%Y-%m-%d %H:%M:%S})"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None or not self._state.adding:
+            raise AppendOnlyError("Checkpoints cannot be updated.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("Checkpoints cannot be deleted.")
+
+
+class Verification(models.Model):
+    """The outcome of one recomputation of the chain (``audit verify``, the daily task)."""
+
+    performed_at = models.DateTimeField(db_default=Now())
+    mode = models.CharField(max_length=16)
+    ok = models.BooleanField()
+    entries_checked = models.BigIntegerField(default=0)
+    head_seq = models.BigIntegerField(null=True, blank=True)
+    first_broken_seq = models.BigIntegerField(null=True, blank=True)
+    first_broken_id = models.BigIntegerField(null=True, blank=True)
+    problem = models.TextField(blank=True, default="")
+    duration_ms = models.FloatField(default=0)
+    actor = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        ordering = ["-performed_at"]
+
+    def __str__(self):
+        return f"{'ok' if self.ok else 'BROKEN'} {self.mode} verification at {self.performed_at:%Y-%m-%d %H:%M}"
 
 
 class ChangeState(models.Model):

@@ -49,3 +49,23 @@ def redact_data(value):
     if isinstance(value, (list, tuple)):
         return [redact_data(item) for item in value]
     return value
+
+
+class RedactingFilter:
+    """A logging filter: the same redaction for log records as for the trail."""
+
+    def filter(self, record) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is the logging module's business
+            return True
+        redacted = redact(message)
+        if record.exc_info and not record.exc_text:
+            import logging
+
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if redacted != message or record.args:
+            record.msg, record.args = redacted, None
+        return True

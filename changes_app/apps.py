@@ -12,6 +12,9 @@ class ChangesAppConfig(AppConfig):
 
         load_entry_point_kinds()
         post_migrate.connect(_schedules_after_migrate, sender=self)
+        from .permission_audit import receivers_connect
+
+        receivers_connect()
 
 
 def _schedules_after_migrate(sender, **kwargs):

@@ -30,6 +30,7 @@ from .checksums import checksum_document, checksum_text, pipeline_digest
 from .definitions import Change, ChangeDefinition, Recovery, code_steps, parameter_names
 from .targets import TargetSystem, target_config_problems, target_systems
 
+CLASS_LINE = re.compile(r"^[ \t]*class[ \t]+(\w+)", re.MULTILINE)
 FILE_NAME = re.compile(r"^(?P<order>\d+)_[A-Za-z0-9_\-]+\.(?P<ext>py|ya?ml)$")
 YAML_KEYS = {"id", "author", "target", "template", "transactional", "recovery", "description", "environments", "order", *PAYLOAD_KEYS}
 
@@ -209,7 +210,7 @@ class _Loader:
             return None
         cls = classes[0]
         source = path.read_text(encoding="utf-8")
-        found = re.search(rf"^[ \t]*class[ \t]+{re.escape(cls.__name__)}\b", source, re.MULTILINE)
+        found = next((match for match in CLASS_LINE.finditer(source) if match.group(1) == cls.__name__), None)
         line = source.count("\n", 0, found.start()) + 1 if found else 1
         values = {
             key: getattr(cls, key, None) for key in ("id", "author", "target", "transactional", "recovery", "environments", "order", "description")

@@ -103,9 +103,10 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     # Fence protocol (audit_app.services.Fence)
-    def check(self, *, using: str) -> None:
-        """One statement: the token is still the newest (row-locked until commit) and the run was
-        not cancelled; otherwise nothing of the caller's transaction may remain."""
+    def statement(self, *, using: str) -> tuple[str, list]:
+        """The fence check as one UPDATE: it matches one row only if the token is still the newest
+        (and, for a change's first entry, the run was not cancelled), and locks it until commit.
+        The writer may send it alone or fold it into its own first statement."""
         connection = connections[using]
         sql = f"UPDATE {Fence._meta.db_table} SET checked_at = CURRENT_TIMESTAMP WHERE name = %s AND token = %s"
         params = [self.name, self.token]
@@ -114,13 +115,20 @@ class Lease:
             self.cancel_check = False
             sql += f" AND NOT EXISTS (SELECT 1 FROM {Run._meta.db_table} WHERE id = %s AND cancel_requested_at IS NOT NULL)"
             params.append(Run._meta.pk.get_db_prep_value(self.run_id, connection))
-        with connection.cursor() as cursor:
+        return sql, params
+
+    def check(self, *, using: str) -> None:
+        sql, params = self.statement(using=using)
+        with connections[using].cursor() as cursor:
             cursor.execute(sql, params)
             if cursor.rowcount == 1:
                 return
-            cursor.execute(f"SELECT token FROM {Fence._meta.db_table} WHERE name = %s", [self.name])
-            row = cursor.fetchone()
-        if row is not None and row[0] == self.token:
+        self.refused(using=using)
+
+    def refused(self, *, using: str) -> None:
+        """Raise why the fence check matched no row: the run was cancelled, or the token is stale."""
+        token = Fence.objects.using(using).filter(name=self.name).values_list("token", flat=True).first()
+        if token == self.token:
             by = Run.objects.using(using).filter(pk=self.run_id).values_list("cancel_requested_by", flat=True).first()
             raise RunCancelled(f"cancelled by {by}")
         self.lost_reason = self.lost_reason or f"fencing token {self.token} is no longer the newest"

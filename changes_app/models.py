@@ -8,6 +8,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models.functions import Now
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 
@@ -203,3 +204,250 @@ class ApiToken(models.Model):
     @classmethod
     def generate_key(cls) -> str:
         return cls.PREFIX + secrets.token_urlsafe(32)
+
+
+class ApprovalPolicy(models.Model):
+    """How many distinct approvals a governed action on a target system needs in an environment.
+
+    0 approves requests automatically (recorded as such); a protected environment needs at least 1,
+    which the service enforces (the list of protected environments lives in settings).
+    """
+
+    target_system = models.ForeignKey(TargetSystem, on_delete=models.PROTECT, related_name="approval_policies")
+    environment = models.CharField(max_length=64)
+    required_approvals = models.PositiveSmallIntegerField(default=1)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        ordering = ["target_system__name", "environment"]
+        verbose_name_plural = "approval policies"
+        constraints = [
+            models.UniqueConstraint(fields=["target_system", "environment"], name="approval_policy_one_per_target_and_environment"),
+            models.CheckConstraint(condition=models.Q(required_approvals__gte=0), name="approval_policy_required_approvals_not_negative"),
+        ]
+
+    def __str__(self):
+        return f"{self.target_system} in {self.environment}: {self.required_approvals} approval(s)"
+
+
+class ChangeRequest(models.Model):
+    """A governed action on one change, bound to its id, checksum and environment (DOMAIN §6)."""
+
+    class Kind(models.TextChoices):
+        APPLY = "APPLY", _("Apply")
+        UNDO = "UNDO", _("Undo")
+        REAPPLY = "REAPPLY", _("Re-apply")
+        MARK_APPLIED = "MARK_APPLIED", _("Mark as applied")
+        MARK_ROLLED_BACK = "MARK_ROLLED_BACK", _("Mark as rolled back")
+        SKIP = "SKIP", _("Skip")
+        ACCEPT_CHECKSUM = "ACCEPT_CHECKSUM", _("Accept checksum")
+
+    class Status(models.TextChoices):
+        PENDING = "PENDING", _("Pending")
+        APPROVED = "APPROVED", _("Approved")
+        REJECTED = "REJECTED", _("Rejected")
+        EXPIRED = "EXPIRED", _("Expired")
+        CANCELLED = "CANCELLED", _("Cancelled")
+        EXECUTED = "EXECUTED", _("Executed")
+        FAILED = "FAILED", _("Failed")
+
+    #: Statuses no decision or execution moves away from.
+    FINAL = frozenset({Status.REJECTED, Status.EXPIRED, Status.CANCELLED, Status.EXECUTED, Status.FAILED})
+
+    kind = models.CharField(max_length=24, choices=Kind.choices)
+    change_id = models.CharField(max_length=200)
+    #: The checksum of the change's code when requested; an approval covers this checksum only.
+    checksum = models.CharField(max_length=64)
+    #: ACCEPT_CHECKSUM: the checksum recorded in the ledger, re-baselined to ``checksum``.
+    recorded_checksum = models.CharField(max_length=64, blank=True, default="")
+    environment = models.CharField(max_length=64)
+    target_system = models.ForeignKey(TargetSystem, on_delete=models.PROTECT, related_name="requests")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    reason = models.TextField()
+    #: Where the request came from (admin, API, command line): the run that executes it says the same.
+    source = models.CharField(max_length=16, choices=Run.Source.choices, default=Run.Source.UI)
+    requester = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    requester_name = models.CharField(max_length=200)
+    #: The policy's number of distinct approvals when the request was made.
+    required_approvals = models.PositiveSmallIntegerField()
+    #: APPLY: how many times the change had been applied when requested; an approval covers
+    #: retries until the change is applied once more.
+    applied_generation = models.IntegerField(default=0)
+    expires_at = models.DateTimeField()
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="requests")
+    status_reason = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(db_default=Now(), db_index=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    executed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "request"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["environment", "change_id", "kind"],
+                condition=models.Q(status="PENDING"),
+                name="request_one_pending_per_change_and_kind",
+            ),
+            models.CheckConstraint(condition=~models.Q(reason=""), name="request_reason_not_empty"),
+        ]
+
+    def __str__(self):
+        return f"#{self.pk} {self.get_kind_display()} {self.change_id} ({self.status})"
+
+
+class Approval(models.Model):
+    """One approver's decision on a request."""
+
+    class Decision(models.TextChoices):
+        APPROVE = "APPROVE", _("Approve")
+        REJECT = "REJECT", _("Reject")
+
+    request = models.ForeignKey(ChangeRequest, on_delete=models.CASCADE, related_name="approvals")
+    approver = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    approver_name = models.CharField(max_length=200)
+    #: The request's requester, copied so that the database itself refuses a self-approval.
+    requester = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    decision = models.CharField(max_length=8, choices=Decision.choices)
+    #: The checksum the approver saw: the request's.
+    checksum = models.CharField(max_length=64)
+    comment = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["request", "approver"], name="approval_one_decision_per_approver"),
+            models.CheckConstraint(condition=~models.Q(approver=models.F("requester")), name="approval_approver_is_not_requester"),
+        ]
+
+    def __str__(self):
+        return f"{self.approver_name}: {self.decision} #{self.request_id}"
+
+
+class RequestComment(models.Model):
+    """A remark on a request (decisions carry their own comment)."""
+
+    request = models.ForeignKey(ChangeRequest, on_delete=models.CASCADE, related_name="comments")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    author_name = models.CharField(max_length=200)
+    body = models.TextField()
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [models.CheckConstraint(condition=~models.Q(body=""), name="request_comment_body_not_empty")]
+
+    def __str__(self):
+        return f"{self.author_name} on #{self.request_id}"
+
+
+class IdempotencyKey(models.Model):
+    """The first response to a POST that starts work, kept per user and ``Idempotency-Key`` header,
+    so that a client's retry gets it again instead of starting the work twice."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=8)
+    path = models.CharField(max_length=500)
+    #: sha256 of the request body: the same key with another body is refused.
+    body_hash = models.CharField(max_length=64)
+    #: ``None`` while the first request is still being handled.
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now(), db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_key_one_per_user_and_key")]
+
+    def __str__(self):
+        return f"{self.key} of {self.user_id} ({self.method} {self.path})"
+
+
+class Finding(models.Model):
+    """One drift condition (DOMAIN §9), stored once per fingerprint and updated by every check
+    that sees it again; a check that no longer sees it resolves it."""
+
+    class Check(models.TextChoices):
+        DEFINITION = "DEFINITION", _("Definition")
+        OPERATIONAL = "OPERATIONAL", _("Operational")
+        LIVE = "LIVE", _("Live")
+
+    class Kind(models.TextChoices):
+        CHECKSUM_MISMATCH = "CHECKSUM_MISMATCH", _("Checksum mismatch")
+        MISSING_FROM_CODE = "MISSING_FROM_CODE", _("Applied change missing from code")
+        OUT_OF_ORDER = "OUT_OF_ORDER", _("Change ordered before an applied one")
+        STALE_STARTED = "STALE_STARTED", _("Started with no live run")
+        DEAD_RUN = "DEAD_RUN", _("Run with a dead heartbeat")
+        LOCK_PAST_LEASE = "LOCK_PAST_LEASE", _("Lock held past its lease")
+        VERIFY_FAILED = "VERIFY_FAILED", _("Verify probe found the effect absent")
+        PROBE_FAILED = "PROBE_FAILED", _("Verify probe raised or timed out")
+
+    class Status(models.TextChoices):
+        OPEN = "OPEN", _("Open")
+        ACKNOWLEDGED = "ACKNOWLEDGED", _("Acknowledged")
+        RESOLVED = "RESOLVED", _("Resolved")
+        AUTO_RESOLVED = "AUTO_RESOLVED", _("Resolved automatically")
+
+    ACTIVE = frozenset({Status.OPEN, Status.ACKNOWLEDGED})
+
+    #: sha256 of environment, kind and subject: what makes two sightings the same finding.
+    fingerprint = models.CharField(max_length=64, unique=True)
+    check_name = models.CharField(max_length=16, choices=Check.choices)
+    kind = models.CharField(max_length=32, choices=Kind.choices, db_index=True)
+    environment = models.CharField(max_length=64)
+    # The subject: a change, a run or the lock.
+    change_id = models.CharField(max_length=200, blank=True, default="")
+    target = models.CharField(max_length=200, blank=True, default="")
+    run_id = models.UUIDField(null=True, blank=True)
+    lock_name = models.CharField(max_length=200, blank=True, default="")
+    summary = models.TextField()
+    first_seen = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now)
+    times_seen = models.PositiveIntegerField(default=1)
+    last_evidence = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN, db_index=True)
+    status_changed_at = models.DateTimeField(default=timezone.now)
+    #: Who acknowledged or resolved it (a person, or the check that saw it clear), and why.
+    status_by = models.CharField(max_length=200, blank=True, default="")
+    status_reason = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-last_seen"]
+        permissions = [("acknowledge_finding", _("Can acknowledge or resolve drift findings"))]
+
+    def __str__(self):
+        return f"{self.get_kind_display()}: {self.change_id or self.run_id or self.lock_name} ({self.status})"
+
+    @property
+    def active(self) -> bool:
+        return self.status in self.ACTIVE
+
+
+class WebhookDelivery(models.Model):
+    """One notification of a finding to one webhook URL, retried with backoff until delivered."""
+
+    class Status(models.TextChoices):
+        PENDING = "PENDING", _("Pending")
+        RETRYING = "RETRYING", _("Retrying")
+        DELIVERED = "DELIVERED", _("Delivered")
+        FAILED = "FAILED", _("Failed")
+
+    finding = models.ForeignKey(Finding, on_delete=models.CASCADE, related_name="deliveries")
+    url = models.URLField(max_length=500)
+    payload = models.JSONField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    last_status_code = models.IntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "webhook deliveries"
+
+    def __str__(self):
+        return f"delivery #{self.pk} of finding {self.finding_id} to {self.url} ({self.status})"

@@ -6,6 +6,11 @@ from __future__ import annotations
 #: name -> (task, every seconds)
 DEFAULT_SCHEDULES = {
     "flamingock: reap dead and lost runs": ("flamingock.runs_reap", 60),
+    "flamingock: expire requests": ("flamingock.requests_expire", 300),
+    "flamingock: sign the audit chain head": ("flamingock.audit_checkpoint", 300),
+    "flamingock: verify the audit chain": ("flamingock.audit_verify", 86400),
+    "flamingock: definition and operational drift": ("flamingock.drift_check", 300),
+    "flamingock: live drift": ("flamingock.drift_check_live", 3600),
 }
 
 

@@ -61,8 +61,10 @@ def _environment() -> str:
 
 
 def _approval_hook() -> Callable[[ChangeDefinition], str] | None:
-    """Where governance (approvals) plugs into the resolver; none until approvals exist."""
-    return None
+    """Where governance (approvals) plugs into the resolver: ``None`` where no policy requires one."""
+    from .approvals import approval_gate
+
+    return approval_gate(environment=_environment())
 
 
 # -- catalogue -------------------------------------------------------------------------------------
@@ -193,7 +195,13 @@ def run_create(
             environment=run.environment,
             run_id=run.id,
             reason=reason,
-            details={"kind": kind, "source": source, "change_id": change_id, "pipeline_digest": pipeline.digest},
+            details={
+                "kind": kind,
+                "source": source,
+                "change_id": change_id,
+                "pipeline_digest": pipeline.digest,
+                **({"request_id": parameters["request_id"]} if parameters and "request_id" in parameters else {}),
+            },
         )
     return run
 
@@ -275,7 +283,22 @@ def _run_finish(run: Run, actor: Actor, status: str, reason: str, results) -> Ru
     audit_record(
         event=event, actor=actor, environment=run.environment, run_id=run.id, reason=reason, details={"status": status, "counts": run.counts}
     )
+    _run_finished(run)
     return run
+
+
+def _run_finished(run: Run) -> None:
+    """Settle the requests the run executed and tell the people who can act about a run that ended
+    BLOCKED or FAILED. The run and its trail are the truth: neither step may undo its outcome."""
+    from .approvals import request_settle
+    from .notifications import run_notify
+
+    try:
+        request_settle(run=run)
+    except Exception:
+        logger.exception("run %s: settling its requests failed; the expiry task settles them later", run.id)
+    if run.status in (Run.Status.BLOCKED, Run.Status.FAILED):
+        transaction.on_commit(lambda: run_notify(run_id=run.id))
 
 
 def run_queue(
@@ -425,6 +448,13 @@ def undo_cascade(change_id: str, *, pipeline: Pipeline | None = None) -> list[_S
 def _check_operate(actor: Actor, subjects: list[_Subject]) -> None:
     for subject in subjects:
         target_operate_check(actor, subject.change.target)
+    # Where a policy governs a target, the action is a request (approvals.request_submit); a
+    # direct call must not skip its approvals.
+    from .approvals import approvals_required
+
+    governed = sorted({s.change.target for s in subjects if approvals_required(target_name=s.change.target, environment=_environment()) is not None})
+    if governed:
+        raise ActionRefused(f"approval policies govern {', '.join(governed)} in {_environment()}: request this action instead")
 
 
 def _require_reason(reason: str) -> str:

@@ -29,3 +29,31 @@ def requests_expire_task() -> list[int]:
     from .approvals import requests_expire
 
     return requests_expire()
+
+
+@app.task(name="flamingock.drift_check", ignore_result=True)
+def drift_check_task(kind: str = "scheduled") -> dict:
+    """Definition and operational drift (every 5 minutes by default); queues overdue webhook retries."""
+    from .drift import drift_check
+    from .notifications_drift import webhooks_due
+
+    report = drift_check(kind=kind)
+    for delivery_id in webhooks_due():
+        webhook_deliver_task.apply_async(args=[delivery_id])
+    return {"checks": report.checks, "seen": len(report.seen), "opened": len(report.opened), "resolved": len(report.resolved)}
+
+
+@app.task(name="flamingock.drift_check_live", ignore_result=True)
+def drift_check_live_task() -> dict:
+    """Live drift: every applied change's verify probe against its target (hourly by default)."""
+    return drift_check_task(kind="live")
+
+
+@app.task(name="flamingock.webhook_deliver", ignore_result=True)
+def webhook_deliver_task(delivery_id: int) -> None:
+    """One attempt of a webhook delivery; a failure queues the next one after its backoff."""
+    from .notifications_drift import webhook_deliver
+
+    wait = webhook_deliver(delivery_id=delivery_id)
+    if wait is not None:
+        webhook_deliver_task.apply_async(args=[delivery_id], countdown=wait)

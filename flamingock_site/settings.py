@@ -39,6 +39,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "guardian",
     "django_celery_beat",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "audit_app.apps.AuditAppConfig",
     "changes_app.apps.ChangesAppConfig",
     "examples.apps.ExamplesConfig",
@@ -50,6 +54,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Who changes group memberships and permissions, for their audit entries.
+    "changes_app.permission_audit.ActingUserMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -129,8 +135,10 @@ STATIC_ROOT = VAR_DIR / "static"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"flamingock": {"handlers": ["console"], "level": os.environ.get("FLAMINGOCK_LOG_LEVEL", "INFO")}},
+    "filters": {"redact": {"()": "audit_app.redaction.RedactingFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["redact"]}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {"flamingock": {"handlers": ["console"], "level": os.environ.get("FLAMINGOCK_LOG_LEVEL", "INFO"), "propagate": False}},
 }
 
 # --- Flamingock --------------------------------------------------------------------------------
@@ -193,6 +201,70 @@ FLAMINGOCK_LOCK = {
 }
 #: Secret values that the audit writer redacts wherever they appear, by environment variable name.
 FLAMINGOCK_SECRET_ENV_VARS = env_list("FLAMINGOCK_SECRET_ENV_VARS")
+#: Hours a request stays open, and an approved APPLY request covers its change, before it expires.
+FLAMINGOCK_REQUEST_EXPIRY_HOURS = float(os.environ.get("FLAMINGOCK_REQUEST_EXPIRY_HOURS", "72"))
+#: Where people reach the admin: the links of notification e-mails.
+FLAMINGOCK_BASE_URL = os.environ.get("FLAMINGOCK_BASE_URL", "http://127.0.0.1:8000")
+#: Webhooks told of new and reopened drift findings (comma-separated URLs); each request is signed
+#: with HMAC-SHA256 of the body under the FLAMINGOCK_WEBHOOK_SECRET environment variable.
+FLAMINGOCK_WEBHOOK_URLS = env_list("FLAMINGOCK_WEBHOOK_URLS")
+#: Seconds one live drift probe (a change's verify) may take before it counts as a failed probe.
+FLAMINGOCK_DRIFT_PROBE_TIMEOUT = float(os.environ.get("FLAMINGOCK_DRIFT_PROBE_TIMEOUT", "30"))
+
+# --- REST API (/api/v1/) -------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "changes_app.api.authentication.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "changes_app.api.pagination.Pagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "changes_app.api.errors.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.AnonRateThrottle", "rest_framework.throttling.UserRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": os.environ.get("FLAMINGOCK_API_THROTTLE_ANON", "60/min"),
+        "user": os.environ.get("FLAMINGOCK_API_THROTTLE_USER", "6000/min"),
+    },
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Flamingock API",
+    "DESCRIPTION": "Change-as-code governance: target systems, changes, plans, runs, requests and approvals, issues, the audit trail and the pipeline lock. Errors always have the shape {\"error\": {\"code\", \"message\", \"details\"}} with a stable code.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "ChangeStateEnum": "audit_app.models.ChangeStateName",
+        "RunKindEnum": "changes_app.models.Run.Kind",
+        "RunStatusEnum": "changes_app.models.Run.Status",
+        "RequestKindEnum": "changes_app.models.ChangeRequest.Kind",
+        "RequestStatusEnum": "changes_app.models.ChangeRequest.Status",
+    },
+}
+
+# Notifications go through Django's mail; the embedded default prints them (console backend).
+EMAIL_BACKEND = os.environ.get("DJANGO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = os.environ.get("DJANGO_EMAIL_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("DJANGO_EMAIL_PORT", "25"))
+EMAIL_HOST_USER = os.environ.get("DJANGO_EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("DJANGO_EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("DJANGO_EMAIL_USE_TLS", default=False)
+DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "flamingock@localhost")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+#: Who gets the alerts (a broken audit chain): "Name <email>, Other <email>".
+ADMINS = [(entry.split("<")[0].strip(), entry.split("<")[-1].rstrip(">").strip()) for entry in env_list("DJANGO_ADMINS")]
+
+#: Public keys (hex) that audit checkpoints may be signed with besides the configured signing key:
+#: earlier keys after a rotation, or the keys a verifier without the private key trusts.
+FLAMINGOCK_AUDIT_PUBLIC_KEYS = env_list("FLAMINGOCK_AUDIT_PUBLIC_KEYS")
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 

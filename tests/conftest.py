@@ -20,6 +20,7 @@ import pytest
 from django.db import connection
 
 from changes_app.discovery import pipeline_load
+from tests.support import dbreset
 from tests.support.targets import Journal
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,6 +48,16 @@ def pytest_collection_modifyitems(config, items):
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(f"flamingock: {len(deselected)} PostgreSQL-only tests deselected on SQLite; they run in the PostgreSQL pass")
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """After migrating the test database, keep a template copy to reset it from (see dbreset)."""
+    with django_db_blocker.unblock():
+        dbreset.template_create()
+    yield
+    with django_db_blocker.unblock():
+        dbreset.template_drop()
 
 
 @pytest.fixture(scope="session")

@@ -18,12 +18,12 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from audit_app.models import AuditEntry, ChangeState
-from changes_app import services
+from changes_app import approvals, drift, services
 from changes_app.discovery import pipeline_load
 from changes_app.governance import PermissionRefused
 from changes_app.guidance import issue_details
 from changes_app.identity import IdentityError, cli_actor, os_user, token_create
-from changes_app.models import ApiToken, Run
+from changes_app.models import ApiToken, ChangeRequest, Run
 from changes_app.resolver import Action
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BLOCKED, EXIT_APPROVAL, EXIT_LOCKED, EXIT_INTEGRITY, EXIT_PENDING = range(8)
@@ -83,6 +83,8 @@ class Command(BaseCommand):
         run.add_argument("action", nargs="?", choices=["cancel"], help="'cancel RUN_ID' cancels a run")
         run.add_argument("run_id", nargs="?", help="the run to cancel")
         command("validate", "exit non-zero if anything is pending, blocked or drifted (a deploy gate)")
+        drift_parser = command("drift", "run the drift checks now and print the open findings (exit 6 if any)")
+        drift_parser.add_argument("--live", action="store_true", help="also probe every applied change's verify against its live target")
         issues = command("issues", "the changes needing a human, with the error and guidance")
         issues.add_argument("action", nargs="?", choices=["get"])
         issues.add_argument("change_id", nargs="?")
@@ -99,11 +101,33 @@ class Command(BaseCommand):
             p = command(name, help_text)
             p.add_argument("change_id")
             p.add_argument("--reason", required=True)
+        requests = command("requests", "list requests (approvals of governed actions)")
+        requests.add_argument("--mine", action="store_true", help="only the requests I made")
+        requests.add_argument("--awaiting-me", action="store_true", help="only the pending requests I may decide")
+        requests.add_argument("--limit", type=int, default=100)
+        for name, help_text in (
+            ("cancel", "cancel a request of yours that has not been executed"),
+            ("approve", "approve a request; the last approval needed executes it"),
+            ("reject", "reject a request"),
+        ):
+            p = command(name, help_text)
+            p.add_argument("request_id")
+            p.add_argument("--comment", default="")
         audit = command("audit", "the audit trail")
-        audit.add_argument("action", choices=["list"])
+        audit.add_argument("action", choices=["list", "verify", "export", "verify-export", "checkpoint"])
+        audit.add_argument("file", nargs="?", help="verify-export: the export file")
         audit.add_argument("--change", help="only this change")
         audit.add_argument("--history", action="store_true", help="every entry, not only the latest per change")
         audit.add_argument("--since", help="only entries at or after this date or ISO 8601 time")
+        audit.add_argument("--until", help="export: only entries before this date or ISO 8601 time")
+        audit.add_argument("--target", help="export: only this target system")
+        audit.add_argument("--actor", help="export: only this actor")
+        audit.add_argument("--event", action="append", default=[], help="export: only this event type (repeatable)")
+        audit.add_argument("--format", dest="export_format", choices=["csv", "jsonl"], default="jsonl")
+        audit.add_argument("--output", help="export: the file to write ('-' for standard output)")
+        audit.add_argument("--from-checkpoint", action="store_true", help="verify: only what follows the last signed checkpoint")
+        audit.add_argument("--public-key", help="verify-export: the auditor's copy of the signing public key (hex)")
+        audit.add_argument("--offline", action="store_true", help="verify-export: do not compare with the live trail")
         audit.add_argument("--limit", type=int, default=200)
         lock = command("lock", "show or force-release the pipeline lock")
         lock.add_argument("action", choices=["status", "release"])
@@ -147,8 +171,9 @@ class Command(BaseCommand):
         else:
             self.stderr.write(message)
 
-    def emit_run(self, run: Run, notices: list[str] | None = None) -> int:
+    def emit_run(self, run: Run, notices: list[str] | None = None, request: ChangeRequest | None = None) -> int:
         data = {
+            **({"request_id": request.pk} if request is not None else {}),
             "run_id": str(run.id),
             "kind": run.kind,
             "status": run.status,
@@ -221,7 +246,10 @@ class Command(BaseCommand):
         blocked = [i.change.id for i in plan.items if i.action in (Action.MANUAL_INTERVENTION, Action.OUT_OF_ORDER, Action.BLOCKED)]
         awaiting = [i.change.id for i in plan.items if i.action == Action.AWAITING_APPROVAL]
         pending = [i.change.id for i in plan.items if i.action in (Action.APPLY, Action.RECONCILE)]
-        if drifted or missing:
+        # The cheap checks refresh the findings; live ones come from the last scheduled sweep.
+        drift.drift_check(kind="scheduled")
+        findings = [drift.finding_as_dict(f) for f in drift.findings_open()]
+        if drifted or missing or findings:
             code = EXIT_INTEGRITY
         elif blocked:
             code = EXIT_BLOCKED
@@ -239,6 +267,7 @@ class Command(BaseCommand):
             "blocked": blocked,
             "awaiting_approval": awaiting,
             "pending": pending,
+            "findings": findings,
         }
         parts = [
             f"{label}: {', '.join(ids)}"
@@ -251,8 +280,17 @@ class Command(BaseCommand):
             )
             if ids
         ]
+        parts += [f"drift finding {f['id']} ({f['kind']}): {f['summary']}" for f in findings]
         self.emit(data, "\n".join(parts) or "valid: everything is applied and nothing drifted")
         return code
+
+    def do_drift(self, options) -> int:
+        report = drift.drift_check(kind="all" if options["live"] else "scheduled", actor=cli_actor())
+        findings = list(drift.findings_open(include_acknowledged=True))
+        rows = [[str(f.pk), f.kind, f.status, f.change_id or str(f.run_id or "") or f.lock_name, str(f.times_seen), f.summary] for f in findings]
+        data = {**report.as_dict(), "findings": [drift.finding_as_dict(f) for f in findings]}
+        self.emit(data, _table(rows, ["id", "kind", "status", "subject", "seen", "summary"]) if rows else f"no drift ({', '.join(report.checks).lower()})")
+        return EXIT_INTEGRITY if any(f.status == "OPEN" for f in findings) else EXIT_OK
 
     def do_issues(self, options) -> int:
         plan = services.pipeline_plan()
@@ -287,30 +325,194 @@ class Command(BaseCommand):
         )
         return EXIT_OK
 
-    def do_fix(self, options) -> int:
-        return self.emit_run(
-            services.change_fix(
-                change_id=options["change_id"], resolution=options["resolution"], actor=cli_actor(), reason=options["reason"], source=Run.Source.CLI
-            )
+    # -- acting subcommands: request or perform -----------------------------------------------
+
+    def submit(self, kind: str, options) -> int:
+        """Perform the action where no approval is needed, else leave a request and exit 4."""
+        submission = approvals.request_submit(
+            kind=kind, change_id=options["change_id"], actor=cli_actor(), reason=options["reason"], source=Run.Source.CLI, inline=True
         )
+        if submission.run is not None:
+            return self.emit_run(submission.run, request=submission.request)
+        request = submission.request
+        data = {**approvals.request_as_dict(request), "awaiting_approval": request.status == ChangeRequest.Status.PENDING}
+        if request.status == ChangeRequest.Status.PENDING:
+            text = (
+                f"request #{request.pk}: {request.get_kind_display()} of {request.change_id} awaits {request.required_approvals} approval(s) "
+                f"on {request.target_system.name} in {request.environment} (expires {request.expires_at:%Y-%m-%d %H:%M} UTC)\n"
+                f"an approver decides it with: python manage.py flamingock approve {request.pk}"
+            )
+            self.emit(data, text)
+            return EXIT_APPROVAL
+        self.emit(data, f"request #{request.pk}: {request.status}; the next run applies {request.change_id}")
+        return EXIT_OK
+
+    def do_fix(self, options) -> int:
+        kind = ChangeRequest.Kind.MARK_APPLIED if options["resolution"] == "applied" else ChangeRequest.Kind.MARK_ROLLED_BACK
+        return self.submit(kind, options)
 
     def do_undo(self, options) -> int:
-        return self.emit_run(services.change_undo(change_id=options["change_id"], actor=cli_actor(), reason=options["reason"], source=Run.Source.CLI))
+        return self.submit(ChangeRequest.Kind.UNDO, options)
 
     def do_skip(self, options) -> int:
-        return self.emit_run(services.change_skip(change_id=options["change_id"], actor=cli_actor(), reason=options["reason"], source=Run.Source.CLI))
+        return self.submit(ChangeRequest.Kind.SKIP, options)
 
     def do_reapply(self, options) -> int:
-        return self.emit_run(
-            services.change_reapply(change_id=options["change_id"], actor=cli_actor(), reason=options["reason"], source=Run.Source.CLI)
-        )
+        return self.submit(ChangeRequest.Kind.REAPPLY, options)
 
     def do_accept_checksum(self, options) -> int:
-        return self.emit_run(
-            services.change_accept_checksum(change_id=options["change_id"], actor=cli_actor(), reason=options["reason"], source=Run.Source.CLI)
+        return self.submit(ChangeRequest.Kind.ACCEPT_CHECKSUM, options)
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _request_id(self, value: str) -> int:
+        try:
+            return int(value.lstrip("#"))
+        except ValueError:
+            raise Exit(EXIT_USAGE, f"not a request id: {value!r}") from None
+
+    def emit_request(self, request: ChangeRequest, text: str) -> int:
+        self.emit(approvals.request_as_dict(request), text)
+        return EXIT_OK
+
+    def do_requests(self, options) -> int:
+        actor = cli_actor()
+        found = approvals.requests_awaiting(actor=actor) if options["awaiting_me"] else approvals.requests_visible(actor=actor)
+        if options["mine"]:
+            found = (
+                found.filter(requester_id=actor.user_id) if actor.user_id is not None else found.filter(requester_id=None, requester_name=actor.name)
+            )
+        found = list(found.prefetch_related("approvals")[: options["limit"]])
+        rows = [
+            [
+                r.pk,
+                r.kind,
+                r.change_id,
+                r.target_system.name,
+                r.status,
+                f"{sum(1 for a in r.approvals.all() if a.decision == 'APPROVE')}/{r.required_approvals}",
+                r.requester_name,
+                f"{r.expires_at:%Y-%m-%d %H:%M}",
+                r.reason[:50],
+            ]
+            for r in found
+        ]
+        self.emit(
+            [approvals.request_as_dict(r) for r in found],
+            _table(rows, ["ID", "KIND", "CHANGE", "TARGET", "STATUS", "APPROVALS", "REQUESTER", "EXPIRES (UTC)", "REASON"])
+            if rows
+            else "no requests",
         )
+        return EXIT_OK
+
+    def do_cancel(self, options) -> int:
+        request = approvals.request_cancel(request_id=self._request_id(options["request_id"]), actor=cli_actor(), comment=options["comment"])
+        return self.emit_request(request, f"request #{request.pk}: cancelled")
+
+    def do_approve(self, options) -> int:
+        request = approvals.request_approve(
+            request_id=self._request_id(options["request_id"]), actor=cli_actor(), comment=options["comment"], inline=True
+        )
+        if request.run is not None:
+            return self.emit_run(request.run, request=request)
+        if request.status == ChangeRequest.Status.APPROVED:
+            return self.emit_request(request, f"request #{request.pk}: approved; the next run applies {request.change_id}")
+        count = request.approvals.filter(decision="APPROVE").count()
+        return self.emit_request(request, f"request #{request.pk}: approval recorded ({count} of {request.required_approvals})")
+
+    def do_reject(self, options) -> int:
+        request = approvals.request_reject(request_id=self._request_id(options["request_id"]), actor=cli_actor(), comment=options["comment"])
+        return self.emit_request(request, f"request #{request.pk}: rejected")
 
     def do_audit(self, options) -> int:
+        action = options["action"]
+        if action != "list":
+            return getattr(self, "do_audit_" + action.replace("-", "_"))(options)
+        return self.do_audit_list(options)
+
+    def reader(self, permission: str):
+        """The actor of a reading subcommand: in a protected environment a token whose user holds
+        ``permission``; elsewhere the local operator will do."""
+        actor = cli_actor()
+        if actor.user_id is not None and not get_user_model().objects.get(pk=actor.user_id).has_perm(permission):
+            raise PermissionRefused(f"{actor.name} may not read the audit trail ({permission})")
+        return actor
+
+    def do_audit_verify(self, options) -> int:
+        from audit_app.integrity import audit_verify, verification_record
+
+        report = audit_verify(from_checkpoint=options["from_checkpoint"])
+        verification_record(report, actor=self.reader("audit_app.view_auditentry"))
+        data = report.as_dict()
+        text = (
+            f"the chain is intact: {report.entries_checked} entries checked up to #{report.head_seq} in {report.duration_ms:.0f} ms"
+            if report.ok
+            else f"BROKEN at entry #{report.problem.seq}: {report.problem.message}"
+        )
+        self.emit(data, text)
+        return EXIT_OK if report.ok else EXIT_INTEGRITY
+
+    def do_audit_checkpoint(self, options) -> int:
+        from audit_app.integrity import checkpoint_write
+
+        checkpoint = checkpoint_write(reason="cli", force=True)
+        if checkpoint is None:
+            self.emit({"checkpoint": None}, "the trail is empty: nothing to sign")
+            return EXIT_OK
+        data = {
+            "id": checkpoint.pk,
+            "seq": checkpoint.seq,
+            "entry_hash": checkpoint.entry_hash,
+            "public_key": checkpoint.public_key,
+            "key_id": checkpoint.key_id,
+        }
+        self.emit(
+            data,
+            f"checkpoint {checkpoint.pk}: entry #{checkpoint.seq} {checkpoint.entry_hash} signed by key {checkpoint.key_id}\npublic key: {checkpoint.public_key}",
+        )
+        return EXIT_OK
+
+    def do_audit_export(self, options) -> int:
+        from audit_app.export import ExportFilters, audit_export
+
+        if not options.get("output"):
+            raise Exit(EXIT_USAGE, "audit export needs --output FILE (or '-' for standard output)")
+        self.reader("audit_app.view_auditentry")
+        filters = ExportFilters(
+            since=_since(options["since"]) if options.get("since") else None,
+            until=_since(options["until"]) if options.get("until") else None,
+            change_id=options.get("change") or "",
+            target=options.get("target") or "",
+            actor=options.get("actor") or "",
+            events=options.get("event") or [],
+        )
+        lines = audit_export(fmt=options["export_format"], filters=filters)
+        if options["output"] == "-":
+            for line in lines:
+                sys.stdout.write(line)
+            return EXIT_OK
+        count = -1  # the header or trailer line is not a row
+        with open(options["output"], "w", encoding="utf-8", newline="") as handle:
+            for line in lines:
+                handle.write(line)
+                count += 1
+        rows = count if options["export_format"] == "jsonl" else count - 1
+        self.stderr.write(f"exported {rows} entries to {options['output']} ({options['export_format']}), ending with the signed chain head")
+        return EXIT_OK
+
+    def do_audit_verify_export(self, options) -> int:
+        from audit_app.export import audit_export_verify
+
+        if not options.get("file"):
+            raise Exit(EXIT_USAGE, "usage: flamingock audit verify-export FILE [--public-key HEX] [--offline]")
+        check = audit_export_verify(options["file"], public_key=options.get("public_key"), against_trail=not options["offline"])
+        self.emit(
+            {"ok": check.ok, "rows": check.rows, "problems": check.problems},
+            f"the export is intact: {check.rows} rows" if check.ok else "the export does NOT verify:\n" + "\n".join(f"  {p}" for p in check.problems),
+        )
+        return EXIT_OK if check.ok else EXIT_INTEGRITY
+
+    def do_audit_list(self, options) -> int:
         fields = [
             "id",
             "created_at",

@@ -1,0 +1,236 @@
+"""Verification of the trail and its signed checkpoints (``flamingock audit verify``)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from dataclasses import asdict, dataclass
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections, router, transaction
+from django.db.models import Exists, OuterRef
+
+from .chain import GENESIS_HASH, ROW_COLUMNS, entry_hash_of_row
+from .models import AuditCheckpoint, AuditEntry, ChainHead, Verification
+from .signing import checkpoint_message, key_id, public_key_hex, sign, signature_valid, signing_key
+
+#: Below this many entries, verification runs in-process; above, it is split across processes.
+PARALLEL_THRESHOLD = 50_000
+CHUNK = 10_000
+
+
+@dataclass
+class Problem:
+    seq: int
+    entry_id: int | None
+    message: str
+
+
+@dataclass
+class Report:
+    ok: bool
+    mode: str
+    entries_checked: int
+    head_seq: int
+    problem: Problem | None
+    duration_ms: float
+    checkpoint_seq: int | None = None
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["first_broken_seq"] = self.problem.seq if self.problem else None
+        data["first_broken_id"] = self.problem.entry_id if self.problem else None
+        data["message"] = self.problem.message if self.problem else "the chain is intact"
+        return data
+
+
+def _alias() -> str:
+    return router.db_for_read(AuditEntry)
+
+
+def verify_range(lo: int, hi: int, previous_hash: str, previous_id: int | None) -> tuple[int, Problem | None]:
+    """Check entries lo..hi (inclusive): contiguous, linked, each hash recomputed."""
+    rows = AuditEntry.objects.using(_alias()).filter(seq__gte=lo, seq__lte=hi).order_by("seq").values_list(*ROW_COLUMNS)
+    expected, checked = lo, 0
+    for row in rows.iterator(chunk_size=CHUNK):
+        entry_id, seq, _, prev_hash, stored_hash = row[:5]
+        if seq != expected:
+            return checked, Problem(expected, None, f"entry #{expected} is missing: the next entry present is #{seq} (id {entry_id})")
+        if prev_hash != previous_hash:
+            return checked, Problem(seq, entry_id, f"entry #{seq} (id {entry_id}) does not link to entry #{seq - 1}: removed, inserted or reordered")
+        if previous_id is not None and entry_id <= previous_id:
+            return checked, Problem(seq, entry_id, f"entry #{seq} (id {entry_id}) is out of insertion order: rows were swapped")
+        if entry_hash_of_row(row) != stored_hash:
+            return checked, Problem(seq, entry_id, f"entry #{seq} (id {entry_id}) was altered: its content does not match its hash")
+        previous_hash, previous_id, expected, checked = stored_hash, entry_id, expected + 1, checked + 1
+    if expected <= hi:
+        return checked, Problem(expected, None, f"entry #{expected} is missing")
+    return checked, None
+
+
+def _verify_range_in_child(args):
+    lo, hi, previous_hash, previous_id = args
+    try:
+        return verify_range(lo, hi, previous_hash, previous_id)
+    finally:
+        connections.close_all()
+
+
+def _anchor(seq: int) -> tuple[str, int | None]:
+    """The stored hash and id of entry ``seq`` (the genesis before the first)."""
+    if seq <= 0:
+        return GENESIS_HASH, None
+    row = AuditEntry.objects.using(_alias()).filter(seq=seq).values_list("entry_hash", "id").first()
+    return (row[0], row[1]) if row else ("", None)
+
+
+def _head_problems(last_seq: int, last_hash: str) -> Problem | None:
+    head = ChainHead.objects.using(_alias()).filter(id=1).first()
+    head_seq = head.seq if head else 0
+    if head_seq != last_seq or (head and head.entry_hash != last_hash):
+        return Problem(
+            min(head_seq, last_seq) + 1,
+            None,
+            f"the chain head says #{head_seq} but the last entry is #{last_seq}: entries were removed at the tail or written outside the writer",
+        )
+    return None
+
+
+def trusted_public_keys() -> set[str]:
+    """The public keys this trail's checkpoints may be signed with: ``FLAMINGOCK_AUDIT_PUBLIC_KEYS``
+    (hex, comma-separated: earlier keys after a rotation, or the keys a verifier without the
+    private key trusts) and the public half of the configured signing key."""
+    from django.conf import settings
+
+    keys = set(getattr(settings, "FLAMINGOCK_AUDIT_PUBLIC_KEYS", []))
+    try:
+        keys.add(public_key_hex(signing_key()))
+    except ImproperlyConfigured:
+        pass
+    return keys
+
+
+def _checkpoint_problems(last_seq: int, *, every: bool) -> Problem | None:
+    latest = AuditCheckpoint.objects.using(_alias()).order_by("-seq", "-id").first()
+    if latest is None:
+        return None
+    if not signature_valid(checkpoint_message(latest.seq, latest.entry_hash, latest.created_at), latest.signature, latest.public_key):
+        return Problem(latest.seq, None, f"checkpoint {latest.pk} (at #{latest.seq}) has an invalid signature")
+    # The key stored beside a checkpoint proves nothing to whoever can write the database: trust
+    # only the public half of the key that signs this trail, which lives outside it (when this
+    # process has it: a verifier without the key still checks the chain and the signature).
+    trusted = trusted_public_keys() or {latest.public_key}
+    if latest.public_key not in trusted:
+        shown = ", ".join(sorted(key_id(key) for key in trusted))
+        return Problem(
+            latest.seq, None, f"checkpoint {latest.pk} (at #{latest.seq}) is signed by key {latest.key_id}, not by a key of this trail ({shown})"
+        )
+    if latest.seq > last_seq:
+        return Problem(
+            last_seq + 1, None, f"checkpoint {latest.pk} signed entry #{latest.seq}, but the trail ends at #{last_seq}: the last entries were removed"
+        )
+    stored = AuditEntry.objects.using(_alias()).filter(seq=latest.seq).values_list("entry_hash", flat=True).first()
+    if stored != latest.entry_hash:
+        return Problem(latest.seq, None, f"checkpoint {latest.pk} no longer matches entry #{latest.seq}: the trail was rewritten")
+    if not every:
+        return None
+    # Earlier checkpoints: every one must still match its entry (one query, by the seq index).
+    same = AuditEntry.objects.using(_alias()).filter(seq=OuterRef("seq"), entry_hash=OuterRef("entry_hash"))
+    mismatched = AuditCheckpoint.objects.using(_alias()).filter(~Exists(same)).order_by("seq").first()
+    if mismatched is not None:
+        return Problem(mismatched.seq, None, f"checkpoint {mismatched.pk} no longer matches entry #{mismatched.seq}: the trail was rewritten")
+    return None
+
+
+def audit_verify(*, from_checkpoint: bool = False, workers: int | None = None) -> Report:
+    """Recompute the chain; the report names the first broken entry (or checkpoint)."""
+    started = time.perf_counter()
+    alias = _alias()
+    last = AuditEntry.objects.using(alias).exclude(seq=None).order_by("-seq").values_list("seq", "entry_hash").first()
+    last_seq, last_hash = last if last else (0, GENESIS_HASH)
+    start_seq, checkpoint_seq = 1, None
+    problem: Problem | None = None
+    if from_checkpoint:
+        latest = AuditCheckpoint.objects.using(alias).order_by("-seq", "-id").first()
+        if latest is not None:
+            checkpoint_seq = latest.seq
+            start_seq = latest.seq + 1
+    problem = _checkpoint_problems(last_seq, every=not from_checkpoint)
+    checked = 0
+    if problem is None and last_seq >= start_seq:
+        previous_hash, previous_id = _anchor(start_seq - 1)
+        count = last_seq - start_seq + 1
+        workers = workers if workers is not None else (min(4, multiprocessing.cpu_count()) if count >= PARALLEL_THRESHOLD else 1)
+        if workers <= 1:
+            checked, problem = verify_range(start_seq, last_seq, previous_hash, previous_id)
+        else:
+            bounds = [start_seq + count * index // workers for index in range(workers + 1)]
+            ranges = []
+            for index in range(workers):
+                lo, hi = bounds[index], bounds[index + 1] - 1
+                anchor = (previous_hash, previous_id) if index == 0 else _anchor(lo - 1)
+                ranges.append((lo, hi, *anchor))
+            connections.close_all()  # children open their own
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                results = pool.map(_verify_range_in_child, ranges)
+            checked = sum(result[0] for result in results)
+            problems = [result[1] for result in results if result[1] is not None]
+            problem = min(problems, key=lambda item: item.seq) if problems else None
+    if problem is None:
+        problem = _head_problems(last_seq, last_hash)
+    if problem is None:
+        # Only the writer numbers entries: a row without a number was inserted around it.
+        outside = AuditEntry.objects.using(alias).filter(seq=None).order_by("id").values_list("id", flat=True).first()
+        if outside is not None:
+            problem = Problem(0, outside, f"entry id {outside} is outside the chain: it was not written by the one writer")
+    return Report(
+        ok=problem is None,
+        mode="checkpoint" if from_checkpoint else "full",
+        entries_checked=checked,
+        head_seq=last_seq,
+        problem=problem,
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        checkpoint_seq=checkpoint_seq,
+    )
+
+
+def verification_record(report: Report, *, actor) -> Verification:
+    """Store the outcome and audit it (``audit.verified``)."""
+    from django.conf import settings
+
+    from .services import audit_record
+
+    with transaction.atomic(using=router.db_for_write(Verification)):
+        verification = Verification.objects.create(
+            mode=report.mode,
+            ok=report.ok,
+            entries_checked=report.entries_checked,
+            head_seq=report.head_seq,
+            first_broken_seq=report.problem.seq if report.problem else None,
+            first_broken_id=report.problem.entry_id if report.problem else None,
+            problem=report.problem.message if report.problem else "",
+            duration_ms=report.duration_ms,
+            actor=actor.name,
+        )
+        audit_record(event="audit.verified", actor=actor, environment=settings.FLAMINGOCK_ENVIRONMENT, details=report.as_dict())
+    return verification
+
+
+def checkpoint_write(*, reason: str = "schedule", force: bool = False) -> AuditCheckpoint | None:
+    """Sign the current chain head; nothing new since the last checkpoint means no new one."""
+    alias = router.db_for_write(AuditCheckpoint)
+    head = ChainHead.objects.using(alias).filter(id=1).first()
+    if head is None or head.seq == 0:
+        return None
+    latest = AuditCheckpoint.objects.using(alias).order_by("-seq", "-id").first()
+    if latest is not None and latest.seq == head.seq and not force:
+        return latest
+    from django.utils import timezone
+
+    now = timezone.now()
+    signature, public = sign(checkpoint_message(head.seq, head.entry_hash, now))
+    checkpoint = AuditCheckpoint(
+        seq=head.seq, entry_hash=head.entry_hash, created_at=now, key_id=key_id(public), public_key=public, signature=signature, reason=reason
+    )
+    checkpoint.save(using=alias)
+    return checkpoint

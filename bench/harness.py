@@ -1,0 +1,276 @@
+"""The benchmark framework: whole-process cases, repeated round-robin, summarised and compared.
+
+A *case* is one command timed as a fresh process (wall time and the child's CPU time). A
+*benchmark* groups the cases that answer one question at one size (for example "apply 1,000
+changes from empty": the product's ``flamingock run`` and Django's ``migrate``); its repetitions
+alternate between the cases so that a slow minute of the machine hurts product and peer alike, and
+its *comparisons* name which product case is set against which peer case (ratio of medians,
+product / peer). An *analysis* is anything else a suite reports (profiles, query counts).
+
+Suites (``bench/suites/*.py``) build benchmarks and analyses from a :class:`Context`; the runner
+(``bench/run.py``) executes them and writes the report (``bench/report.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class BenchmarkError(Exception):
+    """A case did not do what it is supposed to measure (non-zero exit, wrong row count...)."""
+
+
+# -- statistics ------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default); the max of few samples."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    position = (len(ordered) - 1) * fraction
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "p95": percentile(values, 0.95),
+        "min": min(values),
+        "max": max(values),
+        "mean": statistics.fmean(values),
+        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+# -- cases and benchmarks --------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    wall_s: float
+    cpu_s: float
+    exit_code: int
+
+
+@dataclass
+class Case:
+    """One command timed as a whole fresh process.
+
+    ``prepare`` runs untimed before each repetition and returns environment overrides (a fresh
+    database); ``verify`` runs untimed after it and raises :class:`BenchmarkError` if the command
+    did not do its work; ``cleanup`` undoes ``prepare``.
+    """
+
+    name: str
+    tool: str
+    command: list[str]
+    env: dict[str, str]
+    cwd: Path = REPO
+    is_product: bool = False
+    prepare: Callable[[], dict[str, str]] | None = None
+    verify: Callable[[subprocess.CompletedProcess, dict[str, str]], None] | None = None
+    cleanup: Callable[[dict[str, str]], None] | None = None
+    timeout: float = 1800
+    samples: list[Sample] = field(default_factory=list)
+    warmups: list[Sample] = field(default_factory=list)
+
+    def execute(self) -> Sample:
+        overrides = self.prepare() if self.prepare else {}
+        env = {**self.env, **overrides}
+        try:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.perf_counter()
+            completed = subprocess.run(self.command, env=env, cwd=self.cwd, capture_output=True, text=True, timeout=self.timeout)
+            wall = time.perf_counter() - started
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            if completed.returncode != 0:
+                raise BenchmarkError(
+                    f"{self.name}: exit code {completed.returncode}\n$ {' '.join(self.command)}\n"
+                    f"--- stdout (tail)\n{completed.stdout[-3000:]}\n--- stderr (tail)\n{completed.stderr[-3000:]}"
+                )
+            if self.verify:
+                self.verify(completed, env)
+        finally:
+            if self.cleanup:
+                self.cleanup(overrides)
+        return Sample(wall_s=wall, cpu_s=cpu, exit_code=completed.returncode)
+
+    def as_dict(self, size: int) -> dict[str, Any]:
+        walls = [sample.wall_s for sample in self.samples]
+        data = {
+            "name": self.name,
+            "tool": self.tool,
+            "is_product": self.is_product,
+            "command": " ".join(self.command),
+            "wall_s": summary(walls),
+            "cpu_s": summary([sample.cpu_s for sample in self.samples]),
+            "samples_wall_s": [round(value, 6) for value in walls],
+            "warmups_wall_s": [round(sample.wall_s, 6) for sample in self.warmups],
+        }
+        if size and walls:
+            data["ms_per_change_median"] = statistics.median(walls) * 1000 / size
+        return data
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A product case set against a peer case of the same benchmark: ratio = product / peer."""
+
+    product: str
+    peer: str
+
+
+@dataclass
+class Benchmark:
+    """Cases answering one question at one size. ``build`` does the untimed setup, returns the cases."""
+
+    name: str
+    size: int
+    title: str
+    build: Callable[[], list[Case]]
+    comparisons: list[Comparison] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    repeat: int | None = None
+    #: Untimed runs per case before timing; ``None`` takes the run's ``--warmup``.
+    warmup: int | None = None
+    cases: list[Case] = field(default_factory=list)
+    setup_s: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}[{self.size}]" if self.size else self.name
+
+    def case(self, name: str) -> Case:
+        return next(case for case in self.cases if case.name == name)
+
+    def ratios(self) -> list[dict[str, Any]]:
+        rows = []
+        for comparison in self.comparisons:
+            product, peer = self.case(comparison.product), self.case(comparison.peer)
+            p, q = product.as_dict(self.size)["wall_s"], peer.as_dict(self.size)["wall_s"]
+            if not p.get("n") or not q.get("n"):
+                continue
+            p_cpu, q_cpu = product.as_dict(self.size)["cpu_s"], peer.as_dict(self.size)["cpu_s"]
+            rows.append(
+                {
+                    "benchmark": self.name,
+                    "size": self.size,
+                    "product": product.name,
+                    "peer": f"{peer.tool}: {peer.name}",
+                    "product_median_s": p["median"],
+                    "peer_median_s": q["median"],
+                    "ratio_median": p["median"] / q["median"],
+                    "ratio_p95": p["p95"] / q["p95"],
+                    # CPU seconds of the process: less sensitive than wall time to a machine busy with other work.
+                    "ratio_cpu_median": p_cpu["median"] / q_cpu["median"] if q_cpu["median"] else math.nan,
+                }
+            )
+        return rows
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "size": self.size,
+            "title": self.title,
+            "notes": self.notes,
+            "setup_s": round(self.setup_s, 3),
+            "cases": [case.as_dict(self.size) for case in self.cases],
+            "ratios": self.ratios(),
+        }
+
+
+@dataclass
+class Analysis:
+    """A report section that is not a timing table: ``run(output_dir)`` returns (markdown, data)."""
+
+    name: str
+    title: str
+    run: Callable[[Path], tuple[str, dict[str, Any]]]
+    markdown: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class Context:
+    """What suites are given: options, scratch space, the PostgreSQL server, a cleanup stack."""
+
+    sizes: list[int]
+    repeat: int
+    repeat_large: int
+    warmup: int
+    quick: bool
+    profile: bool
+    workdir: Path
+    pg: Any
+    cleanups: contextlib.ExitStack
+    python: str = sys.executable
+    repo: Path = REPO
+
+    def repeat_for(self, size: int) -> int:
+        return self.repeat if size <= 2000 else self.repeat_large
+
+    def base_env(self) -> dict[str, str]:
+        """The parent's environment without anything that would change what the product does."""
+        env = dict(os.environ)
+        for name in list(env):
+            if name.startswith(("FLAMINGOCK_", "DJANGO_")) or name in {"DATABASE_URL", "REDIS_URL", "PYTHONDONTWRITEBYTECODE", "PYTHONPATH"}:
+                env.pop(name)
+        return env
+
+
+@dataclass
+class Suite:
+    name: str
+    benchmarks: list[Benchmark]
+    analyses: list[Analysis] = field(default_factory=list)
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def benchmark_execute(benchmark: Benchmark, *, repeat: int, warmup: int) -> None:
+    """Set up, warm up, then time every case ``repeat`` times, alternating between cases."""
+    started = time.perf_counter()
+    log(f"{benchmark.key}: setting up")
+    benchmark.cases = benchmark.build()
+    benchmark.setup_s = time.perf_counter() - started
+    for _ in range(warmup if benchmark.warmup is None else min(warmup, benchmark.warmup)):
+        for case in benchmark.cases:
+            case.warmups.append(case.execute())
+    for index in range(repeat):
+        for case in benchmark.cases:
+            sample = case.execute()
+            case.samples.append(sample)
+        shown = ", ".join(f"{case.name} {case.samples[-1].wall_s:.3f}s" for case in benchmark.cases)
+        log(f"{benchmark.key} {index + 1}/{repeat}: {shown}")
+
+
+def analysis_execute(analysis: Analysis, output_dir: Path) -> None:
+    log(f"analysis {analysis.name}")
+    started = time.perf_counter()
+    analysis.markdown, analysis.data = analysis.run(output_dir)
+    analysis.elapsed_s = time.perf_counter() - started

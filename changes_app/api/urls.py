@@ -1,0 +1,31 @@
+from django.urls import path, re_path
+
+from audit_app import api as audit_api
+
+from . import views
+
+app_name = "api"
+
+urlpatterns = [
+    path("targets/", views.TargetSystemList.as_view(), name="target-list"),
+    path("targets/<str:name>/", views.TargetSystemDetail.as_view(), name="target-detail"),
+    path("changes/", views.ChangeList.as_view(), name="change-list"),
+    path("changes/<str:change_id>/", views.ChangeDetail.as_view(), name="change-detail"),
+    path("plan/", views.PlanView.as_view(), name="plan"),
+    path("issues/", views.IssueList.as_view(), name="issue-list"),
+    path("issues/<str:change_id>/", views.IssueDetail.as_view(), name="issue-detail"),
+    path("runs/", views.RunList.as_view(), name="run-list"),
+    path("runs/<uuid:pk>/", views.RunDetail.as_view(), name="run-detail"),
+    path("runs/<uuid:pk>/cancel/", views.RunCancel.as_view(), name="run-cancel"),
+    path("requests/", views.RequestList.as_view(), name="request-list"),
+    path("requests/<int:pk>/", views.RequestDetail.as_view(), name="request-detail"),
+    path("requests/<int:pk>/approve/", views.RequestApprove.as_view(), name="request-approve"),
+    path("requests/<int:pk>/reject/", views.RequestReject.as_view(), name="request-reject"),
+    path("requests/<int:pk>/cancel/", views.RequestCancel.as_view(), name="request-cancel"),
+    path("audit/entries/", audit_api.AuditEntryList.as_view(), name="audit-entry-list"),
+    path("audit/entries/<int:pk>/", audit_api.AuditEntryDetail.as_view(), name="audit-entry-detail"),
+    path("audit/export/", audit_api.AuditExport.as_view(), name="audit-export"),
+    path("lock/", views.LockView.as_view(), name="lock"),
+    path("lock/release/", views.LockRelease.as_view(), name="lock-release"),
+    re_path(r"^.*$", views.unknown_path),
+]

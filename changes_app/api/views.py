@@ -1,0 +1,453 @@
+"""The API's views: parse, check visibility, call one service, translate its result.
+
+An object the user may not see is a 404 exactly like a missing one; the services check every
+action against the object and refuse with a named error, which ``errors`` turns into a stable code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from django.db import IntegrityError, transaction
+from django.http import Http404
+from django.views.decorators.csrf import csrf_exempt
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import generics, serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .. import approvals, services
+from ..guidance import issue_details
+from ..identity import user_actor
+from ..models import ChangeRequest, IdempotencyKey, Run, TargetSystem
+from ..resolver import Action, Plan, PlanItem
+from . import permissions as access
+from . import serializers as s
+from .errors import ApiError, error_body, exception_handler
+
+SOURCE = Run.Source.API
+ISSUE_ACTIONS = (Action.MANUAL_INTERVENTION, Action.OUT_OF_ORDER)
+
+
+def _errors(*codes: int) -> dict:
+    described = {
+        400: "Invalid input (code `invalid` or `parse_error`).",
+        401: "Not authenticated.",
+        403: "Permission denied (`permission_denied`, `self_decision`).",
+        404: "Not found, or not visible to you, or a page past the end (`not_found`).",
+        409: "Refused in the current state (`action_refused`, `request_*`, `pipeline_invalid`, `idempotency_in_progress`).",
+        422: "Idempotency-Key reused with another request (`idempotency_key_reused`).",
+        429: "Throttled.",
+    }
+    return {code: OpenApiResponse(s.ErrorSerializer, description=described[code]) for code in (401, 429, *codes)}
+
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="Repeat a POST safely: the same key with the same body returns the first response (kept per user).",
+)
+
+
+def actor_of(request):
+    return user_actor(request.user, via="api")
+
+
+# -- idempotency -----------------------------------------------------------------------------------
+
+
+def idempotent(request, perform) -> Response:
+    """Run ``perform`` once per ``Idempotency-Key``: a retry with the same body gets the first
+    response (errors included); the same key with another body or path is refused."""
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if not key:
+        return perform()
+    if len(key) > 255:
+        raise ApiError("invalid", "Invalid input.", {"Idempotency-Key": ["At most 255 characters."]})
+    body_hash = hashlib.sha256(json.dumps(request.data, sort_keys=True, default=str).encode()).hexdigest()
+    try:
+        with transaction.atomic():
+            record = IdempotencyKey.objects.create(user=request.user, key=key, method=request.method, path=request.path, body_hash=body_hash)
+    except IntegrityError:
+        first = IdempotencyKey.objects.get(user=request.user, key=key)
+        if (first.method, first.path, first.body_hash) != (request.method, request.path, body_hash):
+            raise ApiError("idempotency_key_reused", "This Idempotency-Key was used with another request.") from None
+        if first.status_code is None:
+            raise ApiError("idempotency_in_progress", "The first request with this Idempotency-Key is still being handled.") from None
+        return Response(first.response, status=first.status_code, headers={"Idempotent-Replayed": "true"})
+    try:
+        response = perform()
+    except Exception as error:
+        response = exception_handler(error, {"request": request})
+        if response is None:
+            record.delete()
+            raise
+    IdempotencyKey.objects.filter(pk=record.pk).update(status_code=response.status_code, response=json.loads(json.dumps(response.data, default=str)))
+    return response
+
+
+# -- target systems --------------------------------------------------------------------------------
+
+
+@extend_schema_view(
+    get=extend_schema(summary="List the target systems you may see", responses={200: s.TargetSystemSerializer(many=True), **_errors(400, 404)}),
+)
+class TargetSystemList(generics.ListAPIView):
+    queryset = TargetSystem.objects.none()
+    serializer_class = s.TargetSystemSerializer
+    filterset_fields = ("kind", "owner_team")
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return self.queryset
+        return access.targets_visible(self.request.user).order_by("name")
+
+
+@extend_schema_view(get=extend_schema(summary="A target system", responses={200: s.TargetSystemSerializer, **_errors(404)}))
+class TargetSystemDetail(generics.RetrieveAPIView):
+    queryset = TargetSystem.objects.none()
+    serializer_class = s.TargetSystemSerializer
+    lookup_field = "name"
+    lookup_value_regex = "[^/]+"
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return self.queryset
+        return access.targets_visible(self.request.user)
+
+
+# -- changes, plan, issues -------------------------------------------------------------------------
+
+
+def _change(item: PlanItem) -> dict:
+    change = item.change
+    return {
+        **item.as_dict(),
+        "author": change.author,
+        "description": change.description,
+        "kind": change.kind,
+        "transactional": change.transactional,
+        "recovery": getattr(change.recovery, "value", change.recovery),
+        "has_rollback": change.has_rollback,
+        "has_verify": change.has_verify,
+    }
+
+
+def _visible_plan(request) -> tuple[Plan, set[str]]:
+    return services.pipeline_plan(), access.target_names_visible(request.user)
+
+
+def _visible_item(request, change_id: str) -> PlanItem:
+    plan, visible = _visible_plan(request)
+    item = plan.item(change_id)
+    if item is None or item.change.target not in visible:
+        raise Http404
+    return item
+
+
+CHANGE_FILTERS = [
+    OpenApiParameter("stage", str, description="Only this stage."),
+    OpenApiParameter("target", str, description="Only this target system."),
+    OpenApiParameter("state", str, enum=[*s.ChangeStateName.values, "NONE"], description="Only this latest state (NONE: never run)."),
+    OpenApiParameter("next_action", str, enum=[a.value for a in Action], description="Only this next action."),
+]
+
+
+class ChangeList(APIView):
+    @extend_schema(
+        summary="Changes with their latest state and next action",
+        parameters=CHANGE_FILTERS,
+        responses={200: s.ChangeSerializer(many=True), **_errors(409)},
+    )
+    def get(self, request):
+        plan, visible = _visible_plan(request)
+        query = request.query_params
+        items = [item for item in plan.items if item.change.target in visible]
+        for name, value_of in (
+            ("stage", lambda i: i.change.stage),
+            ("target", lambda i: i.change.target),
+            ("state", lambda i: i.latest_state or "NONE"),
+            ("next_action", lambda i: i.action.value),
+        ):
+            if query.get(name):
+                items = [item for item in items if value_of(item) == query[name]]
+        return Response([_change(item) for item in items])
+
+
+class ChangeDetail(APIView):
+    @extend_schema(summary="One change", responses={200: s.ChangeSerializer, **_errors(404, 409)})
+    def get(self, request, change_id: str):
+        return Response(_change(_visible_item(request, change_id)))
+
+
+class PlanView(APIView):
+    @extend_schema(summary="What the next run would do (never touches a target)", responses={200: s.PlanSerializer, **_errors(409)})
+    def get(self, request):
+        plan, visible = _visible_plan(request)
+        stages = []
+        for stage in plan.stages:
+            items = [_change(item) for item in stage.items if item.change.target in visible]
+            if items:
+                blocked_by = stage.blocked_by.change.id if stage.blocked_by and stage.blocked_by.change.target in visible else None
+                stages.append({"name": stage.name, "blocked_by": blocked_by, "items": items})
+        missing = [row.change_id for row in plan.missing if row.target in visible]
+        return Response({"environment": plan.environment, "digest": plan.digest, "stages": stages, "missing": missing, "notices": plan.notices})
+
+
+class IssueList(APIView):
+    @extend_schema(summary="Changes that need a human, with guidance", responses={200: s.IssueSerializer(many=True), **_errors(409)})
+    def get(self, request):
+        plan, visible = _visible_plan(request)
+        return Response([issue_details(i) for i in plan.items if i.action in ISSUE_ACTIONS and i.change.target in visible])
+
+
+class IssueDetail(APIView):
+    @extend_schema(summary="One issue with its error and step-by-step guidance", responses={200: s.IssueSerializer, **_errors(404, 409)})
+    def get(self, request, change_id: str):
+        item = _visible_item(request, change_id)
+        if item.action not in ISSUE_ACTIONS:
+            raise Http404
+        return Response(issue_details(item))
+
+
+# -- runs ------------------------------------------------------------------------------------------
+
+
+def _change_targets() -> dict[str, str]:
+    from ..models import ChangeRecord
+
+    return dict(ChangeRecord.objects.values_list("change_id", "target"))
+
+
+class RunFilter(filters.FilterSet):
+    class Meta:
+        model = Run
+        fields = {"status": ["exact"], "kind": ["exact"], "source": ["exact"], "change_id": ["exact"], "created_at": ["gte", "lt"]}
+
+
+@extend_schema_view(
+    get=extend_schema(summary="Runs you may see, newest first", responses={200: s.RunSerializer(many=True), **_errors(400, 404)}),
+    post=extend_schema(
+        summary="Queue a run of the pipeline",
+        request=s.RunCreateSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={202: s.RunSerializer, **_errors(400, 403, 409, 422)},
+        examples=[OpenApiExample("Deploy", value={"reason": "release 2024.06.1"}, request_only=True)],
+    ),
+)
+class RunList(generics.ListAPIView):
+    queryset = Run.objects.none()
+    serializer_class = s.RunSerializer
+    filterset_class = RunFilter
+    permission_classes = [*generics.ListAPIView.permission_classes, access.MayStartRuns]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return self.queryset
+        return access.runs_visible(self.request.user, _change_targets()).order_by("-created_at", "-id")
+
+    def post(self, request):
+        body = s.RunCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+
+        def perform():
+            run = services.run_queue(actor=actor_of(request), source=SOURCE, reason=body.validated_data["reason"])
+            return Response(s.RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+        return idempotent(request, perform)
+
+
+class RunDetail(generics.RetrieveAPIView):
+    queryset = Run.objects.none()
+    serializer_class = s.RunSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return self.queryset
+        return access.runs_visible(self.request.user, _change_targets())
+
+    @extend_schema(summary="A run with its live progress and per-change results", responses={200: s.RunSerializer, **_errors(404)})
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+
+class RunCancel(APIView):
+    @extend_schema(summary="Cancel a run (it stops before its next change)", request=None, responses={200: s.RunSerializer, **_errors(403, 404, 409)})
+    def post(self, request, pk):
+        run = access.runs_visible(request.user, _change_targets()).filter(pk=pk).first()
+        if run is None:
+            raise Http404
+        return Response(s.RunSerializer(services.run_cancel(run_id=run.pk, actor=actor_of(request))).data)
+
+
+# -- requests --------------------------------------------------------------------------------------
+
+
+class RequestFilter(filters.FilterSet):
+    mine = filters.BooleanFilter(method="filter_mine", label="Only my requests")
+    awaiting_me = filters.BooleanFilter(method="filter_awaiting", label="Only pending requests I may decide")
+
+    class Meta:
+        model = ChangeRequest
+        fields = {"status": ["exact"], "kind": ["exact"], "change_id": ["exact"], "environment": ["exact"]}
+
+    def filter_mine(self, queryset, name, value):
+        return queryset.filter(requester=self.request.user) if value else queryset
+
+    def filter_awaiting(self, queryset, name, value):
+        if not value:
+            return queryset
+        return queryset.filter(pk__in=approvals.requests_awaiting(actor=actor_of(self.request)).values("pk"))
+
+
+def _requests_visible(request):
+    return approvals.requests_visible(actor=actor_of(request)).prefetch_related("approvals")
+
+
+def _visible_request(request, pk) -> ChangeRequest:
+    found = _requests_visible(request).filter(pk=pk).first()
+    if found is None:
+        raise Http404
+    return found
+
+
+@extend_schema_view(
+    get=extend_schema(summary="Requests you may see, newest first", responses={200: s.RequestSerializer(many=True), **_errors(400, 404)}),
+    post=extend_schema(
+        summary="Request (or, where nothing governs the target, perform) an undo, fix, skip, re-apply or re-baseline",
+        request=s.RequestCreateSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={201: s.SubmissionSerializer, **_errors(400, 403, 409, 422)},
+        examples=[
+            OpenApiExample("Undo", value={"kind": "UNDO", "change_id": "0003_add_index", "reason": "the index slows writes"}, request_only=True),
+            OpenApiExample("Manual fix", value={"kind": "MARK_APPLIED", "change_id": "0004_flags", "reason": "verified by hand"}, request_only=True),
+        ],
+    ),
+)
+class RequestList(generics.ListAPIView):
+    queryset = ChangeRequest.objects.none()
+    serializer_class = s.RequestSerializer
+    filterset_class = RequestFilter
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return self.queryset
+        return _requests_visible(self.request)
+
+    def post(self, request):
+        body = s.RequestCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        if not data["reason"].strip():
+            raise serializers.ValidationError({"reason": ["This field may not be blank."]})
+        plan, visible = _visible_plan(request)
+        item = plan.item(data["change_id"])
+        if item is None or item.change.target not in visible:
+            # Missing and invisible read the same.
+            raise serializers.ValidationError({"change_id": ["Unknown change."]})
+
+        def perform():
+            done = approvals.request_submit(
+                kind=data["kind"], change_id=data["change_id"], actor=actor_of(request), reason=data["reason"], source=SOURCE, inline=False
+            )
+            payload = {
+                "awaiting_approval": done.awaiting_approval,
+                "request": s.RequestSerializer(done.request).data if done.request else None,
+                "run": s.RunSerializer(done.run).data if done.run else None,
+            }
+            return Response(payload, status=status.HTTP_201_CREATED)
+
+        return idempotent(request, perform)
+
+
+class RequestDetail(APIView):
+    @extend_schema(summary="A request with its decisions", responses={200: s.RequestSerializer, **_errors(404)})
+    def get(self, request, pk: int):
+        return Response(s.RequestSerializer(_visible_request(request, pk)).data)
+
+
+class _Decide(APIView):
+    decide = None
+    summary = ""
+
+    def post(self, request, pk: int):
+        target = _visible_request(request, pk)
+        body = s.DecisionSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+
+        def perform():
+            decided = type(self).decide(request_id=target.pk, actor=actor_of(request), comment=body.validated_data["comment"])
+            decided = _requests_visible(request).get(pk=decided.pk)
+            return Response(s.RequestSerializer(decided).data)
+
+        return idempotent(request, perform)
+
+
+def _approve(*, request_id, actor, comment):
+    return approvals.request_approve(request_id=request_id, actor=actor, comment=comment, inline=False)
+
+
+_DECISION_SCHEMA = {"request": s.DecisionSerializer, "responses": {200: s.RequestSerializer, **_errors(400, 403, 404, 409, 422)}}
+
+
+@extend_schema_view(
+    post=extend_schema(summary="Approve a request (the last approval needed executes it)", parameters=[IDEMPOTENCY_HEADER], **_DECISION_SCHEMA)
+)
+class RequestApprove(_Decide):
+    decide = staticmethod(_approve)
+
+
+@extend_schema_view(post=extend_schema(summary="Reject a request", parameters=[IDEMPOTENCY_HEADER], **_DECISION_SCHEMA))
+class RequestReject(_Decide):
+    decide = staticmethod(approvals.request_reject)
+
+
+@extend_schema_view(post=extend_schema(summary="Cancel your own request", parameters=[IDEMPOTENCY_HEADER], **_DECISION_SCHEMA))
+class RequestCancel(_Decide):
+    decide = staticmethod(approvals.request_cancel)
+
+
+# -- lock ------------------------------------------------------------------------------------------
+
+
+def _lock(holder) -> dict:
+    if holder is None:
+        empty = dict.fromkeys(("name", "run_id", "holder", "host", "pid", "token", "since", "expires_at"))
+        return {"held": False, **empty, "expired": False}
+    return {"held": True, **holder.as_dict()}
+
+
+class LockView(APIView):
+    @extend_schema(summary="Who holds the pipeline lock", responses={200: s.LockSerializer, **_errors()})
+    def get(self, request):
+        return Response(_lock(services.lock_status()))
+
+
+class LockRelease(APIView):
+    permission_classes = [*APIView.permission_classes, access.MayReleaseLock]
+
+    @extend_schema(
+        summary="Force-release a stale lock (audited)",
+        request=s.ReasonSerializer,
+        responses={200: s.LockSerializer, **_errors(400, 403, 409)},
+        examples=[OpenApiExample("Stale", value={"reason": "worker host lost"}, request_only=True)],
+    )
+    def post(self, request):
+        body = s.ReasonSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return Response(_lock(services.lock_force_release(actor=actor_of(request), reason=body.validated_data["reason"])))
+
+
+__all__ = ["error_body"]
+
+
+@csrf_exempt
+def unknown_path(request, *args, **kwargs):
+    """Any other path under /api/v1/: the API's 404, in the API's format (not Django's HTML page)."""
+    from django.http import JsonResponse
+
+    return JsonResponse(error_body("not_found", "Not found."), status=404)

@@ -58,6 +58,8 @@ def actor_of(request) -> Actor:
 def targets_seen(user, view_permission: str) -> set[str] | None:
     """The target systems whose rows ``user`` sees: ``None`` (all) with the model's global view
     permission, otherwise those it may operate or approve."""
+    if not user.is_active or not user.is_authenticated:
+        return set()
     if user.has_perm(view_permission):
         return None
     rows = get_objects_for_user(user, [OPERATE, APPROVE], klass=TargetSystem, any_perm=True, accept_global_perms=True)
@@ -73,6 +75,8 @@ def may_approve(user, target: str) -> bool:
 
 
 def operates_any(user) -> bool:
+    if not user.is_active or not user.is_authenticated:
+        return False
     return get_objects_for_user(user, OPERATE, klass=TargetSystem, accept_global_perms=True).exists()
 
 

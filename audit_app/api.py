@@ -10,12 +10,13 @@ from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, pagination
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
 from changes_app.api import permissions as access
 from changes_app.api import serializers as s
+from changes_app.api.filters import UtcIsoDateTimeFilter
 from changes_app.api.views import _errors
 
 from .export import FORMATS, ExportFilters, audit_export
@@ -27,6 +28,18 @@ class SeqCursorPagination(pagination.CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
+
+    def decode_cursor(self, request):
+        # DRF accepts any text as the position; a position that is not a seq must be the documented
+        # 404 (invalid cursor), not a server error when the database compares it with seq.
+        cursor = super().decode_cursor(request)
+        if cursor is not None and cursor.position is not None:
+            try:
+                if not -(2**63) <= int(cursor.position) < 2**63:
+                    raise ValueError(cursor.position)
+            except ValueError:
+                raise NotFound(self.invalid_cursor_message) from None
+        return cursor
 
 
 class AuditEntryFilter(filters.FilterSet):
@@ -40,8 +53,8 @@ class AuditEntryFilter(filters.FilterSet):
     change_id = filters.CharFilter()
     actor = filters.CharFilter()
     run_id = filters.UUIDFilter()
-    created_at__gte = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_at__lt = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_at__gte = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_at__lt = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = AuditEntry

@@ -315,7 +315,9 @@ class ChangeRequestAdmin(ReadOnlyMixin, admin.ModelAdmin):
                 "decisions": list(obj.approvals.all()),
                 "comments": list(obj.comments.all()),
                 "may_decide": pending and self.may_decide(request, obj),
-                "may_cancel": obj.status in (ChangeRequest.Status.PENDING, ChangeRequest.Status.APPROVED) and obj.run_id is None and self.may_cancel(request, obj),
+                "may_cancel": obj.status in (ChangeRequest.Status.PENDING, ChangeRequest.Status.APPROVED)
+                and obj.run_id is None
+                and self.may_cancel(request, obj),
                 "may_comment": self.may_comment(request, obj),
                 "is_requester": obj.requester_id == request.user.pk,
             }

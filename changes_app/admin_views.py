@@ -162,7 +162,9 @@ def runs_chart(runs) -> dict:
             h = round(count * height / top, 1)
             y -= h
             segments.append({"status": status, "count": count, "y": y, "h": h, "colour": CHART_COLOURS.get(status, "#757575")})
-        bars.append({"x": index * width + 4, "day": day, "label": day.strftime("%d"), "segments": segments, "total": sum(counts.get(day, {}).values())})
+        bars.append(
+            {"x": index * width + 4, "day": day, "label": day.strftime("%d"), "segments": segments, "total": sum(counts.get(day, {}).values())}
+        )
     legend = sorted({s["status"] for bar in bars for s in bar["segments"]})
     return {
         "bars": bars,

@@ -26,6 +26,7 @@ from ..resolver import Action, Plan, PlanItem
 from . import permissions as access
 from . import serializers as s
 from .errors import ApiError, error_body, exception_handler
+from .filters import UtcIsoDateTimeFilter
 
 SOURCE = Run.Source.API
 ISSUE_ACTIONS = (Action.MANUAL_INTERVENTION, Action.OUT_OF_ORDER)
@@ -224,6 +225,9 @@ def _change_targets() -> dict[str, str]:
 
 
 class RunFilter(filters.FilterSet):
+    created_at__gte = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_at__lt = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
     class Meta:
         model = Run
         fields = {"status": ["exact"], "kind": ["exact"], "source": ["exact"], "change_id": ["exact"], "created_at": ["gte", "lt"]}

@@ -4,10 +4,12 @@ journey are saved under docs/screenshots/ (listed in docs/admin.md)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
 import pytest
+from django.db import connections
 from django.urls import reverse
 
 from changes_app import services
@@ -38,6 +40,25 @@ def browser(monkeypatch):
         launched.close()
 
 
+def own_connections(test):
+    """Close the test body's database connections before and after it.
+
+    Under Playwright's sync API the test body runs in a context of its own, so its connection is
+    not the one the fixtures close when the database is re-created from its template between
+    tests; left open, the next test would use a connection the re-creation terminated.
+    """
+
+    @functools.wraps(test)
+    def wrapped(*args, **kwargs):
+        connections.close_all()
+        try:
+            return test(*args, **kwargs)
+        finally:
+            connections.close_all()
+
+    return wrapped
+
+
 @pytest.fixture
 def environment(settings, unique):
     settings.FLAMINGOCK_ENVIRONMENT = f"b-{unique}"
@@ -46,17 +67,27 @@ def environment(settings, unique):
 
 @pytest.fixture
 def worker(environment, unique, settings, subprocess_env, tmp_path):
-    """A real ``celery worker`` on this test's Redis key space; the live server publishes there."""
+    """Start a real ``celery worker`` on this test's Redis key space (once the test wrote its
+    pipeline: the worker loads it at start); the live server publishes there."""
     broker = Broker(unique)
     settings.REDIS_URL = broker.url
-    process = Worker(f"browser@{unique}", env=subprocess_env(**broker.env(), FLAMINGOCK_ENVIRONMENT=environment), log_dir=tmp_path / "workers")
-    process.start()
-    try:
+    started: list[Worker] = []
+    publishing = broker.publishing()
+
+    def start() -> Worker:
+        process = Worker(f"browser@{unique}", env=subprocess_env(**broker.env(), FLAMINGOCK_ENVIRONMENT=environment), log_dir=tmp_path / "workers")
+        started.append(process.start())
         wait_for(lambda: process.ready, timeout=60, what="the worker")
-        with broker.publishing():
-            yield process
+        publishing.__enter__()
+        return process
+
+    try:
+        yield start
     finally:
-        process.stop()
+        if started:
+            publishing.__exit__(None, None, None)
+        for process in started:
+            process.stop()
         broker.cleanup(f"pipeline:{environment}")
 
 
@@ -84,8 +115,10 @@ def slow_notes(unique: str, count: int = 5) -> dict[str, str]:
     }
 
 
+@own_connections
 def test_engineer_triggers_a_run_and_watches_its_progress_to_the_end(browser, live_server, make_pipeline, unique, environment, worker, journal):
     make_pipeline({"notes": slow_notes(unique)})
+    worker = worker()
     engineer = person("engineer", ENGINEER, operate=("journal", "app-db"))
     page = login(browser, live_server, engineer.user)
     shot(page, "engineer-1-dashboard")
@@ -98,7 +131,9 @@ def test_engineer_triggers_a_run_and_watches_its_progress_to_the_end(browser, li
     shot(page, "engineer-2-run-in-progress")
     seen_running = page.inner_text("#flk-count")
 
-    page.wait_for_function("document.getElementById('flk-status') && document.getElementById('flk-status').textContent === 'SUCCEEDED'", timeout=60_000)
+    page.wait_for_function(
+        "document.getElementById('flk-status') && document.getElementById('flk-status').textContent === 'SUCCEEDED'", timeout=60_000
+    )
     page.wait_for_selector(".flk-result")
     shot(page, "engineer-3-run-finished")
 
@@ -109,6 +144,7 @@ def test_engineer_triggers_a_run_and_watches_its_progress_to_the_end(browser, li
     assert [e["op"] for e in journal.entries()] == ["apply"] * 5
 
 
+@own_connections
 def test_approver_approves_an_undo_requested_by_an_engineer_and_sees_it_executed(
     browser, live_server, make_pipeline, unique, environment, worker, journal
 ):
@@ -118,6 +154,7 @@ def test_approver_approves_an_undo_requested_by_an_engineer_and_sees_it_executed
     assert run_pipeline(actor=engineer.actor).status == Run.Status.SUCCEEDED
     services.catalogue_sync()
     policy("journal", environment, 1)
+    worker = worker()
 
     page = login(browser, live_server, engineer.user)
     page.goto(live_server.url + reverse("admin:changes_app_changerecord_changelist"))
@@ -140,15 +177,20 @@ def test_approver_approves_an_undo_requested_by_an_engineer_and_sees_it_executed
     shot(page, "approval-3-approver-decides")
     page.click("#flk-approve")
     page.wait_for_selector("text=your approval is recorded")
-    page.click("text=" + str(ChangeRequest.objects.get().run_id))
-    page.wait_for_function("document.getElementById('flk-status') && document.getElementById('flk-status').textContent === 'SUCCEEDED'", timeout=60_000)
+    page.click(f"a[href*='{ChangeRequest.objects.get().run_id}']")
+    page.wait_for_function(
+        "document.getElementById('flk-status') && document.getElementById('flk-status').textContent === 'SUCCEEDED'", timeout=60_000
+    )
     shot(page, "approval-4-undo-executed")
 
     request.refresh_from_db()
-    assert (request.status, request.run.status, request.run.kind) == (ChangeRequest.Status.EXECUTED, Run.Status.SUCCEEDED, Run.Kind.UNDO), worker.log[-3000:]
+    assert (request.status, request.run.status, request.run.kind) == (ChangeRequest.Status.EXECUTED, Run.Status.SUCCEEDED, Run.Kind.UNDO), worker.log[
+        -3000:
+    ]
     assert [e["op"] for e in journal.entries()] == ["apply", "rollback"]
 
 
+@own_connections
 def test_compliance_officer_browses_the_audit_of_a_change_and_finds_no_button_that_acts(browser, live_server, make_pipeline, unique, environment):
     change = f"note-{unique}"
     make_pipeline({"notes": {"0001_note.py": journal_change(change, rollback="ok")}})

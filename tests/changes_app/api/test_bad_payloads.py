@@ -148,3 +148,12 @@ def test_malformed_json_is_400_parse_error_and_changes_nothing(world, clients):
         refused(clients[who].post(path, "kind=UNDO", content_type="application/x-www-form-urlencoded"), 415, "unsupported_media_type")
     assert state() == before
     assert ChangeRequest.objects.get(pk=request_id).status == ChangeRequest.Status.PENDING
+
+
+def test_list_filters_out_of_range_are_400_invalid_not_a_server_error(world, clients):
+    engineer = clients["engineer"]
+    for query in ("created_at__gte=tomorrow", "created_at__lt=0001-01-01T00:00:00%2B01:00", "status=EXPLODED"):
+        field = query.split("=")[0]
+        assert field in refused(engineer.get(f"/api/v1/runs/?{query}"), 400, "invalid"), query
+    # An offset PostgreSQL would refuse (beyond ±15:59) is the same instant in UTC.
+    assert engineer.get("/api/v1/runs/?created_at__lt=0127-12-27T17:39:46-23:35").json()["results"] == []

@@ -234,7 +234,7 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Flamingock API",
-    "DESCRIPTION": "Change-as-code governance: target systems, changes, plans, runs, requests and approvals, issues, the audit trail and the pipeline lock. Errors always have the shape {\"error\": {\"code\", \"message\", \"details\"}} with a stable code.",
+    "DESCRIPTION": 'Change-as-code governance: target systems, changes, plans, runs, requests and approvals, issues, the audit trail and the pipeline lock. Errors always have the shape {"error": {"code", "message", "details"}} with a stable code.',
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",

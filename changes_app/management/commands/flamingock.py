@@ -289,7 +289,9 @@ class Command(BaseCommand):
         findings = list(drift.findings_open(include_acknowledged=True))
         rows = [[str(f.pk), f.kind, f.status, f.change_id or str(f.run_id or "") or f.lock_name, str(f.times_seen), f.summary] for f in findings]
         data = {**report.as_dict(), "findings": [drift.finding_as_dict(f) for f in findings]}
-        self.emit(data, _table(rows, ["id", "kind", "status", "subject", "seen", "summary"]) if rows else f"no drift ({', '.join(report.checks).lower()})")
+        self.emit(
+            data, _table(rows, ["id", "kind", "status", "subject", "seen", "summary"]) if rows else f"no drift ({', '.join(report.checks).lower()})"
+        )
         return EXIT_INTEGRITY if any(f.status == "OPEN" for f in findings) else EXIT_OK
 
     def do_issues(self, options) -> int:

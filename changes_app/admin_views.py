@@ -31,7 +31,7 @@ from . import approvals, services
 from .governance import APPROVE, OPERATE, PermissionRefused, actor_may
 from .guidance import issue_details
 from .identity import user_actor
-from .models import ChangeRecord, ChangeRequest, Run, TargetSystem
+from .models import ChangeRecord, ChangeRequest, Finding, Run, TargetSystem
 from .resolver import Action, Plan
 
 Kind = ChangeRequest.Kind
@@ -175,6 +175,18 @@ def runs_chart(runs) -> dict:
     }
 
 
+#: How many open drift findings the dashboard lists (the count covers them all).
+DASHBOARD_FINDINGS = 5
+
+
+def open_findings(user) -> dict | None:
+    """Open drift findings of this environment, oldest first: ``None`` for a user who may not view findings."""
+    if not user.has_perm("changes_app.view_finding"):
+        return None
+    found = Finding.objects.filter(environment=services._environment(), status=Finding.Status.OPEN).order_by("first_seen", "pk")
+    return {"count": found.count(), "first": list(found[:DASHBOARD_FINDINGS])}
+
+
 def dashboard_context(request) -> dict:
     """What needs attention, filtered to what the user may see."""
     user = request.user
@@ -200,6 +212,7 @@ def dashboard_context(request) -> dict:
         "flk_lock": services.lock_status(),
         "flk_chart": runs_chart(runs),
         "flk_environment": services._environment(),
+        "flk_findings": open_findings(user),
     }
 
 

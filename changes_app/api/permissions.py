@@ -14,7 +14,7 @@ from rest_framework import permissions
 from audit_app.models import AuditEntry
 
 from ..governance import APPROVE, OPERATE, target_systems_for
-from ..models import Run, TargetSystem
+from ..models import Finding, Run, TargetSystem
 
 VIEW_TARGET = "changes_app.view_targetsystem"
 #: Any of these on a target system shows it (and its changes, runs, requests and audit entries).
@@ -51,6 +51,15 @@ def audit_visible(user) -> QuerySet[AuditEntry]:
     if sees_all(user, "audit_app.view_auditentry"):
         return entries
     return entries.filter(Q(target__in=list(target_names_visible(user)), target__gt="") | Q(actor_user_id=user.pk))
+
+
+def findings_visible(user) -> QuerySet[Finding]:
+    """All findings with the global view permission; otherwise the findings on target systems the
+    user sees (a finding about a run or the lock alone names no target system)."""
+    findings = Finding.objects.all()
+    if sees_all(user, "changes_app.view_finding"):
+        return findings
+    return findings.filter(target__in=list(target_names_visible(user)), target__gt="")
 
 
 def may_operate_somewhere(user) -> bool:

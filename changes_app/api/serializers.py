@@ -6,7 +6,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from audit_app.models import AuditEntry, ChangeStateName
-from changes_app.models import ChangeRequest, Run, TargetSystem
+from changes_app.models import ChangeRequest, Finding, Run, TargetSystem
 from changes_app.resolver import Action
 
 from .errors import CODES
@@ -141,6 +141,30 @@ class DecisionSerializer(serializers.Serializer):
 
 class ReasonSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=5000)
+
+
+class FindingSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Finding
+        fields = (
+            "id",
+            "check_name",
+            "kind",
+            "status",
+            "environment",
+            "change_id",
+            "target",
+            "run_id",
+            "lock_name",
+            "summary",
+            "first_seen",
+            "last_seen",
+            "times_seen",
+            "last_evidence",
+            "status_changed_at",
+            "status_by",
+            "status_reason",
+        )
 
 
 class LockSerializer(serializers.Serializer):

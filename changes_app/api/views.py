@@ -18,10 +18,10 @@ from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import approvals, services
+from .. import approvals, drift, services
 from ..guidance import issue_details
 from ..identity import user_actor
-from ..models import ChangeRequest, IdempotencyKey, Run, TargetSystem
+from ..models import ChangeRequest, Finding, IdempotencyKey, Run, TargetSystem
 from ..resolver import Action, Plan, PlanItem
 from . import permissions as access
 from . import serializers as s
@@ -413,6 +413,93 @@ class RequestReject(_Decide):
 @extend_schema_view(post=extend_schema(summary="Cancel your own request", parameters=[IDEMPOTENCY_HEADER], **_DECISION_SCHEMA))
 class RequestCancel(_Decide):
     decide = staticmethod(approvals.request_cancel)
+
+
+# -- drift findings --------------------------------------------------------------------------------
+
+
+class FindingFilter(filters.FilterSet):
+    class Meta:
+        model = Finding
+        fields = {"status": ["exact"], "kind": ["exact"]}
+
+
+@extend_schema_view(
+    get=extend_schema(
+        summary="Drift findings you may see, most recently seen first", responses={200: s.FindingSerializer(many=True), **_errors(400, 404)}
+    ),
+)
+class FindingList(generics.ListAPIView):
+    queryset = Finding.objects.none()
+    serializer_class = s.FindingSerializer
+    filterset_class = FindingFilter
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return self.queryset
+        return access.findings_visible(self.request.user).order_by("-last_seen", "-id")
+
+
+@extend_schema_view(get=extend_schema(summary="A drift finding with its latest evidence", responses={200: s.FindingSerializer, **_errors(404)}))
+class FindingDetail(generics.RetrieveAPIView):
+    queryset = Finding.objects.none()
+    serializer_class = s.FindingSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return self.queryset
+        return access.findings_visible(self.request.user)
+
+
+def _visible_finding(request, pk) -> Finding:
+    found = access.findings_visible(request.user).filter(pk=pk).first()
+    if found is None:
+        raise Http404
+    return found
+
+
+class _FindingAction(APIView):
+    act = None
+
+    def post(self, request, pk: int):
+        finding = _visible_finding(request, pk)
+        body = s.ReasonSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+
+        def perform():
+            done = type(self).act(finding_id=finding.pk, actor=actor_of(request), reason=body.validated_data["reason"])
+            return Response(s.FindingSerializer(done).data)
+
+        return idempotent(request, perform)
+
+
+_FINDING_ACTION_SCHEMA = {
+    "request": s.ReasonSerializer,
+    "parameters": [IDEMPOTENCY_HEADER],
+    "responses": {200: s.FindingSerializer, **_errors(400, 403, 404, 409, 422)},
+}
+
+
+@extend_schema_view(
+    post=extend_schema(
+        summary="Acknowledge a finding (it stays active but quiet; audited)",
+        examples=[OpenApiExample("Known", value={"reason": "looking at the worker"}, request_only=True)],
+        **_FINDING_ACTION_SCHEMA,
+    )
+)
+class FindingAcknowledge(_FindingAction):
+    act = staticmethod(drift.finding_acknowledge)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        summary="Resolve a finding (a check that sees it again reopens it; audited)",
+        examples=[OpenApiExample("Fixed", value={"reason": "fixed by hand"}, request_only=True)],
+        **_FINDING_ACTION_SCHEMA,
+    )
+)
+class FindingResolve(_FindingAction):
+    act = staticmethod(drift.finding_resolve)
 
 
 # -- lock ------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from functools import partial
 
 from django.contrib import admin, messages
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 from guardian.admin import GuardedModelAdminMixin
@@ -19,7 +18,7 @@ from audit_app.models import AuditEntry, ChangeState
 
 from . import admin_views as views
 from . import approvals
-from .identity import token_create
+from .identity import token_create, token_revoke, user_actor
 from .models import ApiToken, ApprovalPolicy, ChangeRecord, ChangeRequest, Run, TargetSystem
 
 STATE_COLOURS = {
@@ -454,15 +453,17 @@ class ApiTokenAdmin(admin.ModelAdmin):
         return False
 
     def save_model(self, request, obj, form, change):
-        token, key = token_create(user=obj.user, name=obj.name, created_by=request.user.get_username(), expires_at=obj.expires_at)
+        token, key = token_create(
+            user=obj.user, name=obj.name, created_by=request.user.get_username(), expires_at=obj.expires_at, actor=user_actor(request.user, via="ui")
+        )
         obj.pk = token.pk
         obj._state.adding = False
         messages.warning(request, f"The token for {obj.user} is shown once; store it now: {key}")
 
     @admin.action(description="Revoke selected tokens", permissions=["add"])
     def revoke(self, request, queryset):
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
-        self.message_user(request, f"{count} token(s) revoked.", messages.SUCCESS)
+        revoked = token_revoke(tokens=queryset, actor=user_actor(request.user, via="ui"))
+        self.message_user(request, f"{len(revoked)} token(s) revoked.", messages.SUCCESS)
 
 
 # The admin index is the dashboard: what needs attention, for the user who looks.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import os
 
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -26,13 +27,47 @@ def os_user() -> str:
         return str(os.getuid())
 
 
-def token_create(*, user, name: str, created_by: str, expires_at=None) -> tuple[ApiToken, str]:
-    """Create a token; the key is returned once and only its hash is stored."""
+def token_create(*, user, name: str, created_by: str, expires_at=None, actor: Actor | None = None) -> tuple[ApiToken, str]:
+    """Create a token, audited as a credential granted; the key is returned once, only its hash
+    is stored, and only its prefix reaches the trail."""
     key = ApiToken.generate_key()
-    token = ApiToken.objects.create(
-        user=user, name=name, key_hash=ApiToken.hash_key(key), key_prefix=key[:12], created_by=created_by, expires_at=expires_at
-    )
+    with transaction.atomic():
+        token = ApiToken.objects.create(
+            user=user, name=name, key_hash=ApiToken.hash_key(key), key_prefix=key[:12], created_by=created_by, expires_at=expires_at
+        )
+        _token_audit("permission.granted", token, actor or Actor(name=created_by))
     return token, key
+
+
+def token_revoke(*, tokens, actor: Actor) -> list[ApiToken]:
+    """Revoke the active tokens among ``tokens`` (a queryset), each audited as a credential revoked."""
+    revoked = []
+    with transaction.atomic():
+        for token in tokens.select_for_update().filter(revoked_at__isnull=True).select_related("user"):
+            token.revoked_at = timezone.now()
+            token.save(update_fields=["revoked_at"])
+            _token_audit("permission.revoked", token, actor)
+            revoked.append(token)
+    return revoked
+
+
+def _token_audit(event: str, token: ApiToken, actor: Actor) -> None:
+    from django.conf import settings
+
+    from audit_app.services import audit_record
+
+    audit_record(
+        event=event,
+        actor=actor,
+        environment=settings.FLAMINGOCK_ENVIRONMENT,
+        details={
+            "credential": "api_token",
+            "token_id": token.pk,
+            "token_prefix": token.key_prefix,
+            "user": token.user.get_username(),
+            "name": token.name,
+        },
+    )
 
 
 def token_user(key: str):

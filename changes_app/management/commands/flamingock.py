@@ -22,7 +22,7 @@ from changes_app import approvals, drift, services
 from changes_app.discovery import pipeline_load
 from changes_app.governance import PermissionRefused
 from changes_app.guidance import issue_details
-from changes_app.identity import IdentityError, cli_actor, os_user, token_create
+from changes_app.identity import IdentityError, cli_actor, os_user, token_create, token_revoke
 from changes_app.models import ApiToken, ChangeRequest, Run
 from changes_app.resolver import Action
 
@@ -608,13 +608,13 @@ class Command(BaseCommand):
             user = get_user_model().objects.filter(username=options.get("username") or "").first()
             if user is None:
                 raise Exit(EXIT_USAGE, f"no user {options.get('username')!r}")
-            token, key = token_create(user=user, name=options["name"], created_by=actor.name or os_user())
+            token, key = token_create(user=user, name=options["name"], created_by=actor.name or os_user(), actor=actor)
             self.emit(
                 {"id": token.id, "user": user.get_username(), "token": key},
                 f"token {token.id} for {user.get_username()} (shown once, store it now):\n{key}",
             )
             return EXIT_OK
-        revoked = ApiToken.objects.filter(pk=options.get("id"), revoked_at__isnull=True).update(revoked_at=timezone.now())
+        revoked = token_revoke(tokens=ApiToken.objects.filter(pk=options.get("id")), actor=actor)
         if not revoked:
             raise Exit(EXIT_USAGE, f"no active token {options.get('id')}")
         self.emit({"revoked": options["id"]}, f"token {options['id']} revoked")

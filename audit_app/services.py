@@ -8,22 +8,28 @@ added here without touching the engine.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import socket
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from django.conf import settings
 from django.db import connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .chain import CHAIN_VERSION, GENESIS_HASH, HASHED_FIELDS, entry_hash, normalise_details
+from .chain import CHAIN_VERSION, GENESIS_HASH, HASHED_FIELDS, _scalar, canonical_json, entry_hash, normalise_details, timestamp_text
 from .models import APPLIED_STATES, AuditEntry, ChainHead, ChangeState, ChangeStateName
 from .redaction import redact, redact_data
 
 #: FLAMINGOCK_HOSTNAME names the host in the trail where the OS name is not telling (containers).
 HOSTNAME = os.environ.get("FLAMINGOCK_HOSTNAME") or socket.gethostname()
+#: PostgreSQL: the writer's statement is a server-side prepared statement unless a connection
+#: pooler in transaction mode without prepared-statement support sits between (docs/operators.md).
+PREPARED_STATEMENTS = getattr(settings, "FLAMINGOCK_DB_PREPARED_STATEMENTS", True)
 
 
 class FenceRefused(Exception):
@@ -99,51 +105,46 @@ def audit_record(
     """
     using = using or router.db_for_write(AuditEntry)
     postgres = connections[using].vendor == "postgresql"
+    check_state = change is not None and expected_entry_id is not UNCHECKED
+    change = change or ChangeRef(id="")
+    entry = AuditEntry(
+        event=event,
+        environment=environment,
+        change_id=change.id,
+        stage=change.stage,
+        order=change.order,
+        target=change.target,
+        state=state,
+        checksum=change.checksum,
+        transaction_strategy=change.transaction_strategy,
+        recovery_strategy=change.recovery_strategy,
+        run_id=uuid.UUID(str(run_id)) if run_id is not None else None,
+        actor=actor.name,
+        actor_user_id=actor.user_id,
+        host=actor.host,
+        pid=actor.pid,
+        fencing_token=fence.token if fence is not None else None,
+        duration_ms=duration_ms,
+        reason=redact(reason),
+        error=redact(error),
+        rollback_error=redact(rollback_error),
+        details=normalise_details(redact_data({**(details or {}), **({"os_user": actor.os_user} if actor.os_user else {})})),
+    )
+    applied = (state in APPLIED_STATES if counts_as_apply is None else counts_as_apply) if state else False
     # No savepoint: inside a caller's transaction, a refusal must roll all of it back.
     with transaction.atomic(using=using, savepoint=False):
-        check_state = change is not None and expected_entry_id is not UNCHECKED
-        head = None
         if postgres:
-            # One round trip: fence check, state re-read and chain-head lock (see _prelude).
-            fenced, current, head = _prelude(using, fence, change.id if check_state else None)
-            if not fenced:
-                fence.refused(using=using)
+            _write_postgres(
+                entry, fence=fence, expected=expected_entry_id if check_state else UNCHECKED, project=bool(state), applied=applied, using=using
+            )
         else:
             if fence is not None:
                 fence.check(using=using)
             if check_state:
                 current = ChangeState.objects.using(using).select_for_update().filter(change_id=change.id).values_list("entry_id", flat=True).first()
-        if check_state and current != expected_entry_id:
-            raise StateMoved(f"Change {change.id} moved (latest entry {current}, expected {expected_entry_id}).")
-        change = change or ChangeRef(id="")
-        entry = AuditEntry(
-            event=event,
-            environment=environment,
-            change_id=change.id,
-            stage=change.stage,
-            order=change.order,
-            target=change.target,
-            state=state,
-            checksum=change.checksum,
-            transaction_strategy=change.transaction_strategy,
-            recovery_strategy=change.recovery_strategy,
-            run_id=uuid.UUID(str(run_id)) if run_id is not None else None,
-            actor=actor.name,
-            actor_user_id=actor.user_id,
-            host=actor.host,
-            pid=actor.pid,
-            fencing_token=fence.token if fence is not None else None,
-            duration_ms=duration_ms,
-            reason=redact(reason),
-            error=redact(error),
-            rollback_error=redact(rollback_error),
-            details=normalise_details(redact_data({**(details or {}), **({"os_user": actor.os_user} if actor.os_user else {})})),
-        )
-        _chain(entry, using=using, head=head)
-        applied = (state in APPLIED_STATES if counts_as_apply is None else counts_as_apply) if state else False
-        if postgres:
-            _append_postgres(entry, project=bool(state), applied=applied, using=using)
-        else:
+                if current != expected_entry_id:
+                    raise StateMoved(f"Change {change.id} moved (latest entry {current}, expected {expected_entry_id}).")
+            _chain(entry, using=using)
             entry.save(using=using)
             _advance_head(entry, using=using)
             if state:
@@ -153,55 +154,172 @@ def audit_record(
     return entry
 
 
-def _prelude(using: str, fence: Fence | None, change_id: str | None) -> tuple[bool, int | None, tuple]:
-    """PostgreSQL: the fence check, the change's state re-read and the chain-head lock with the
-    database clock, in one statement. Returns (fenced, latest entry id, head row)."""
+#: The fields written by the writer, in column order (the primary key is the database's).
+_WRITTEN = [
+    field
+    for field in AuditEntry._meta.concrete_fields
+    if not field.primary_key and field.name not in {"seq", "hash_version", "prev_hash", "entry_hash", "created_at"}
+]
+_WRITTEN_INDEX = {field.attname: index for index, field in enumerate(_WRITTEN)}
+#: The hash input of chain version 1 (chain.entry_hash) built by PostgreSQL around the values
+#: that only the database knows under the head lock: the sequence, the previous hash, the time.
+_HASH_SQL = (
+    "encode(sha256(convert_to('[1,' || v.seq || ',\"' || v.prev || '\",\"' || "
+    "to_char(v.ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || '\",' || %s || ']', 'UTF8')), 'hex')"
+)
+
+
+def _hash_tail(entry: AuditEntry) -> str:
+    """The canonical JSON of the hashed fields, without brackets: the part of the hash input the
+    writer knows before it takes the head (see chain.entry_hash)."""
+    values = [
+        canonical_json(entry.details if entry.details is not None else {}) if name == "details" else _scalar(getattr(entry, name))
+        for name in HASHED_FIELDS
+    ]
+    return canonical_json(values)[1:-1]
+
+
+@functools.cache
+def _placeholders(vendor: str) -> str:
+    """One typed placeholder per written column: with parameters bound by the server, ``INSERT ...
+    SELECT`` would read an untyped one as text. Character columns take text, so that a value too long
+    for its column is still an error, not silently cut."""
+    connection = next(connection for connection in connections.all() if connection.vendor == vendor)
+    return ", ".join(
+        "%s::text" if field.get_internal_type() in ("CharField", "TextField") else f"%s::{field.db_type(connection)}" for field in _WRITTEN
+    )
+
+
+@functools.cache
+def _prepared_cursor_class() -> type:
+    """A psycopg cursor that binds parameters on the server and prepares the statement on its
+    connection: the writer's statement is parsed and planned once per connection rather than once
+    per entry. (psycopg is imported here, not at start-up: the embedded SQLite default needs none.)"""
+    import psycopg
+
+    class PreparedStatementCursor(psycopg.Cursor):
+        def execute(self, query, params=None, **kwargs):
+            kwargs.setdefault("prepare", PREPARED_STATEMENTS)
+            return super().execute(query, params, **kwargs)
+
+    return PreparedStatementCursor
+
+
+def _prepared_cursor(connection):
+    """A Django cursor wrapper (query logging, execute wrappers, error mapping) around a
+    prepared-statement cursor on the connection's psycopg connection."""
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        if PREPARED_STATEMENTS and connection.connection.prepare_threshold is None:
+            # Django turns psycopg's automatic preparing off (for poolers); a threshold this high
+            # keeps it off for every other statement while ``prepare=True`` works for this one.
+            connection.connection.prepare_threshold = 2**31 - 1
+        raw = _prepared_cursor_class()(connection.connection)
+    if not connection.queries_logged:
+        return connection.make_cursor(raw)
+    cursor = connection.make_debug_cursor(raw)
+    # Django reads the logged text off a client-side-binding cursor; show this one's the same way.
+    cursor.db = _LoggedAs(connection)
+    return cursor
+
+
+class _LoggedAs:
+    """The connection as a debug cursor sees it, with ``ops.last_executed_query`` composing the
+    statement with its parameters (what Django shows for client-side binding)."""
+
+    def __init__(self, connection):
+        self._connection = connection
+        self.ops = _LoggedOps(connection.ops)
+
+    def __getattr__(self, name):
+        return getattr(self._connection, name)
+
+
+class _LoggedOps:
+    def __init__(self, ops):
+        self._ops = ops
+
+    def last_executed_query(self, cursor, sql, params):
+        return self._ops.compose_sql(sql, params)
+
+    def __getattr__(self, name):
+        return getattr(self._ops, name)
+
+
+def _write_postgres(entry: AuditEntry, *, fence: Fence | None, expected: Any, project: bool, applied: bool, using: str) -> None:
+    """PostgreSQL: the whole entry in one statement, one round trip.
+
+    It runs the fence check, re-reads the change's latest state, locks the chain head, reads the
+    database clock under that lock, hashes the entry (the same bytes as ``chain.entry_hash``),
+    inserts it, advances the head and projects the change's state. If the fence or the state
+    check fails it writes nothing and says why. The hash is recomputed in Python from what was
+    stored, so a server that formatted any part differently would stop the write, not fork the
+    chain's meaning.
+    """
+    connection = connections[using]
+    quote = connection.ops.quote_name
     params: list = []
-    prefix, fenced = "", "1"
+    ctes: list[str] = []
+    fenced = "true"
     if fence is not None:
         fence_sql, fence_params = fence.statement(using=using)
-        prefix, fenced = f"WITH fence AS ({fence_sql} RETURNING 1) ", "(SELECT count(*) FROM fence)"
+        ctes.append(f"f AS ({fence_sql} RETURNING 1)")
         params += fence_params
-    state = "NULL"
-    if change_id is not None:
-        state = f"(SELECT entry_id FROM {ChangeState._meta.db_table} WHERE change_id = %s FOR UPDATE)"
-        params.append(change_id)
-    sql = f"{prefix}SELECT {fenced}, {state}, h.seq, h.entry_hash, clock_timestamp() FROM {ChainHead._meta.db_table} h WHERE h.id = 1 FOR UPDATE OF h"
-    with connections[using].cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-        if row is None:  # no chain head yet (created by the migration; this is the fallback)
-            cursor.execute(_HEAD_CREATE["postgresql"], [GENESIS_HASH])
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
-    return bool(row[0]), row[1], tuple(row[2:])
-
-
-def _append_postgres(entry: AuditEntry, *, project: bool, applied: bool, using: str) -> None:
-    """PostgreSQL: insert the entry, advance the head and project the state in one statement."""
-    connection = connections[using]
-    fields = [field for field in AuditEntry._meta.concrete_fields if not field.primary_key]
-    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
-    values = [field.get_db_prep_save(getattr(entry, field.attname), connection) for field in fields]
+        fenced = "EXISTS (SELECT 1 FROM f)"
+    current, state_ok = "NULL::bigint", "true"
+    if expected is not UNCHECKED:
+        ctes.append(f"st AS (SELECT entry_id FROM {ChangeState._meta.db_table} WHERE change_id = %s FOR UPDATE)")
+        params.append(entry.change_id)
+        current = "(SELECT entry_id FROM st)"
+        state_ok = "c.current IS NOT DISTINCT FROM %s::bigint"
     head = ChainHead._meta.db_table
-    sql = (
-        f"WITH e AS (INSERT INTO {AuditEntry._meta.db_table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))}) RETURNING id), "
-        f"h AS (UPDATE {head} SET seq = %s, entry_hash = %s, entry_id = (SELECT id FROM e) WHERE id = 1)"
+    ctes.append(f"h AS (SELECT seq, entry_hash FROM {head} WHERE id = 1 FOR UPDATE)")
+    ctes.append(f"c AS (SELECT {fenced} AS fenced, {current} AS current)")
+    ctes.append(f"v AS (SELECT h.seq + 1 AS seq, h.entry_hash AS prev, clock_timestamp() AS ts FROM h, c WHERE c.fenced AND {state_ok})")
+    if expected is not UNCHECKED:
+        params.append(expected)
+    ctes.append(f"x AS (SELECT v.seq, v.prev, v.ts, {_HASH_SQL} AS hash FROM v)")
+    tail = _hash_tail(entry)
+    params.append(tail)
+    columns = ", ".join(quote(field.column) for field in _WRITTEN)
+    values = [field.get_db_prep_save(getattr(entry, field.attname), connection) for field in _WRITTEN]
+    ctes.append(
+        f"e AS (INSERT INTO {AuditEntry._meta.db_table} (seq, hash_version, prev_hash, entry_hash, created_at, {columns}) "
+        f"SELECT x.seq, {CHAIN_VERSION}, x.prev, x.hash, x.ts, {_placeholders(connection.vendor)} FROM x "
+        f"RETURNING id, seq, prev_hash, entry_hash, created_at)"
     )
-    params = [*values, entry.seq, entry.entry_hash]
+    params += values
+    ctes.append(f"hu AS (UPDATE {head} SET seq = e.seq, entry_hash = e.entry_hash, entry_id = e.id FROM e WHERE {head}.id = 1)")
     if project:
         table = ChangeState._meta.db_table
-        sql += (
-            f', s AS (INSERT INTO {table} (change_id, state, checksum, entry_id, run_id, stage, "order", target, applied_count, updated_at) '
-            f"SELECT %s, %s, %s, e.id, %s, %s, %s, %s, %s, clock_timestamp() FROM e "
+        ctes.append(
+            f'p AS (INSERT INTO {table} (change_id, state, checksum, entry_id, run_id, stage, "order", target, applied_count, updated_at) '
+            f"SELECT %s::text, %s::text, %s::text, e.id, %s::uuid, %s::text, %s::text, %s::text, %s::integer, e.created_at FROM e "
             f"ON CONFLICT (change_id) DO UPDATE SET state = EXCLUDED.state, checksum = EXCLUDED.checksum, entry_id = EXCLUDED.entry_id, "
             f'run_id = EXCLUDED.run_id, stage = EXCLUDED.stage, "order" = EXCLUDED."order", target = EXCLUDED.target, '
             f"applied_count = {table}.applied_count + EXCLUDED.applied_count, updated_at = EXCLUDED.updated_at)"
         )
-        params += [entry.change_id, entry.state, entry.checksum, entry.run_id, entry.stage, entry.order, entry.target, int(applied)]
-    with connection.cursor() as cursor:
-        cursor.execute(sql + " SELECT id FROM e", params)
-        entry.pk = cursor.fetchone()[0]
+        run_id = values[_WRITTEN_INDEX["run_id"]]
+        params += [entry.change_id, entry.state, entry.checksum, run_id, entry.stage, entry.order, entry.target, int(applied)]
+    sql = f"WITH {', '.join(ctes)} SELECT c.fenced, c.current, e.id, e.seq, e.prev_hash, e.entry_hash, e.created_at, (SELECT count(*) FROM h) FROM c LEFT JOIN e ON true"
+    with _prepared_cursor(connection) as cursor:
+        cursor.execute(sql, params)
+        is_fenced, current_entry, pk, seq, prev_hash, digest, created_at, heads = cursor.fetchone()
+        if pk is None and is_fenced and heads == 0:  # no chain head yet (the migration creates it; this is the fallback)
+            cursor.execute(_HEAD_CREATE["postgresql"], [GENESIS_HASH])
+            cursor.execute(sql, params)
+            is_fenced, current_entry, pk, seq, prev_hash, digest, created_at, heads = cursor.fetchone()
+    if pk is None:
+        if not is_fenced:
+            fence.refused(using=using)
+        raise StateMoved(f"Change {entry.change_id} moved (latest entry {current_entry}, expected {expected}).")
+    entry.pk, entry.seq, entry.prev_hash, entry.entry_hash, entry.created_at = pk, seq, prev_hash, digest, created_at
+    entry.hash_version = CHAIN_VERSION
+    # The same bytes as chain.entry_hash, from the tail already built: a server that formatted the
+    # sequence, the previous hash or the time differently would stop the write here.
+    expected_input = f'[{CHAIN_VERSION},{seq},"{prev_hash}","{timestamp_text(created_at)}",{tail}]'
+    if hashlib.sha256(expected_input.encode("utf-8")).hexdigest() != digest:
+        raise AssertionError(f"audit entry #{seq}: the database computed a hash that differs from chain version {CHAIN_VERSION}; nothing was written")
     entry._state.adding = False
     entry._state.db = using
 

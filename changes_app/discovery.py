@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
 import re
 import sys
 import threading
@@ -100,11 +101,13 @@ def stage_sources() -> list[tuple[str, str]]:
     return sources
 
 
-def _display_path(path: Path) -> str:
+def _display_directory(directory: Path) -> str:
+    """How a stage directory's files are named in problems: relative to the project when inside it.
+    Resolved once per directory (resolving every file costs a ``stat`` per path component)."""
     try:
-        return str(path.resolve().relative_to(Path(settings.BASE_DIR).resolve()))
+        return str(directory.resolve().relative_to(Path(settings.BASE_DIR).resolve()))
     except ValueError:
-        return str(path)
+        return str(directory)
 
 
 class _Loader:
@@ -122,14 +125,18 @@ class _Loader:
         except Exception as error:  # the package itself is broken: report, do not crash discovery
             self.problem("stage-import", f"stage {name!r}: cannot import {package!r}: {error}")
             return stage
+        shown_directories: dict[Path, str] = {}
         files = sorted(
-            {path for directory in getattr(module, "__path__", []) for path in Path(directory).iterdir() if path.is_file()},
+            # scandir reads the file type from the directory itself: no stat() per file.
+            {Path(entry.path) for directory in getattr(module, "__path__", []) for entry in os.scandir(directory) if entry.is_file()},
             key=lambda path: path.name,
         )
         for path in files:
             if path.name.startswith(("_", ".")) or path.suffix not in {".py", ".yaml", ".yml"}:
                 continue
-            shown = _display_path(path)
+            if path.parent not in shown_directories:
+                shown_directories[path.parent] = _display_directory(path.parent)
+            shown = str(Path(shown_directories[path.parent]) / path.name)
             match = FILE_NAME.match(path.name)
             if not match:
                 self.problem("bad-order", f"file name {path.name!r} must start with a numeric order prefix, like 0001_name", shown, 1)

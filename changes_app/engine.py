@@ -7,11 +7,12 @@ naming the uncertainty (STARTED, ROLLBACK_STARTED), never a silent double apply.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -78,7 +79,10 @@ class ChangeContext:
         self.change_id = change.id
         self.environment = environment
         self.idempotency_key = f"{change.id}:{run.id}"
-        self.log = logging.getLogger(f"flamingock.change.{change.id}")
+
+    @functools.cached_property
+    def log(self) -> logging.Logger:
+        return logging.getLogger(f"flamingock.change.{self.change_id}")
 
 
 def format_error(error: BaseException) -> str:
@@ -529,7 +533,8 @@ class Executor:
 
 
 def results_as_dicts(results: list[ChangeResult]) -> list[dict[str, Any]]:
-    return [asdict(result) for result in results]
+    # Shallow copies (``asdict`` deep-copies every field): a run's results are plain values.
+    return [{**vars(result), "entry_ids": list(result.entry_ids)} for result in results]
 
 
 def counts_of(results: list[ChangeResult]) -> dict[str, int]:

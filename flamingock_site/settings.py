@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("FLAMINGOCK_VAR_DIR", BASE_DIR / "var"))
@@ -31,7 +32,9 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],test
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # The admin's modules are imported by the URL configuration (flamingock_site/urls.py), not at
+    # start-up: a CLI command that serves no page does not pay for them (bench/README.md, startup).
+    "django.contrib.admin.apps.SimpleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -80,10 +83,30 @@ TEMPLATES = [
 WSGI_APPLICATION = "flamingock_site.wsgi.application"
 
 
+def _conn_max_age() -> int | None:
+    value = os.environ.get("FLAMINGOCK_DB_CONN_MAX_AGE", "").strip().lower() or "60"
+    if value in {"none", "unlimited"}:
+        return None
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = -1
+    if seconds < 0:
+        raise ImproperlyConfigured(f"FLAMINGOCK_DB_CONN_MAX_AGE must be a number of seconds (0 or more) or 'none', not {value!r}")
+    return seconds
+
+
 def _database_from_environment() -> dict:
     url = os.environ.get("DATABASE_URL")
     if url:
-        config = dj_database_url.parse(url, conn_max_age=0)
+        # Persistent connections (docs/operators.md, "Serving the admin and the API"): a web or
+        # worker process keeps its connection for FLAMINGOCK_DB_CONN_MAX_AGE seconds (default 60;
+        # 0 closes it after every request, "none" never), so a request does not pay for a new
+        # PostgreSQL session. The health check (FLAMINGOCK_DB_CONN_HEALTH_CHECKS, default on)
+        # replaces a connection the server dropped before a request uses it.
+        config = dj_database_url.parse(
+            url, conn_max_age=_conn_max_age(), conn_health_checks=env_bool("FLAMINGOCK_DB_CONN_HEALTH_CHECKS", default=True)
+        )
         if config["ENGINE"] == "django.db.backends.postgresql":
             # A paused lock holder must not block a takeover: the server ends a transaction left
             # idle for half a lease (DOMAIN §7); the engine sets the same on its runner connection.
@@ -160,6 +183,9 @@ FLAMINGOCK_STAGES = env_list(
 FLAMINGOCK_DISCOVER_APPS = env_bool("FLAMINGOCK_DISCOVER_APPS", default=True)
 #: ``block`` (default) or ``allow`` a new change ordered before an applied one.
 FLAMINGOCK_OUT_OF_ORDER = os.environ.get("FLAMINGOCK_OUT_OF_ORDER", "block")
+#: PostgreSQL: the audit writer's one statement is prepared once per connection. Set to 0 behind a
+#: connection pooler in transaction mode that cannot carry prepared statements (docs/operators.md).
+FLAMINGOCK_DB_PREPARED_STATEMENTS = env_bool("FLAMINGOCK_DB_PREPARED_STATEMENTS", default=True)
 #: Named target systems. Connection settings only: what is governed lives in the database.
 #: ``FLAMINGOCK_TARGETS_JSON`` (a JSON object of the same shape) replaces the default.
 FLAMINGOCK_TARGET_SYSTEMS = {

@@ -103,6 +103,12 @@ class AuditEntry(models.Model):
         indexes = [
             models.Index(fields=["change_id", "id"], name="audit_change_id_idx"),
             models.Index(fields=["created_at"], name="audit_created_at_idx"),
+            # The admin's filters: their values by a skip scan, their pages in chain order (audit_app/admin.py).
+            models.Index(fields=["environment", "seq"], name="audit_environment_seq_idx"),
+            models.Index(fields=["target", "seq"], name="audit_target_seq_idx"),
+            models.Index(fields=["stage", "seq"], name="audit_stage_seq_idx"),
+            models.Index(fields=["state", "seq"], name="audit_state_seq_idx"),
+            models.Index(fields=["actor", "seq"], name="audit_actor_seq_idx"),
         ]
 
     def __str__(self):

@@ -36,6 +36,8 @@ def redact(text: str) -> str:
         return text
     for value in sorted(set(secret_values()), key=len, reverse=True):
         text = text.replace(value, MASK)
+    if ":" not in text and "=" not in text:
+        return text  # both patterns need one of them: most texts (ids, labels) end here
     text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
     return _KEY_VALUE.sub(lambda m: f"{m['key']}{m['quote']}{MASK}", text)
 

@@ -134,7 +134,9 @@ def test_changelist_renders_every_filter_with_its_choices(officer, entries):
     content = response.content.decode()
     for choice in ("change.applied", "change.failed", "lock.acquired", "staging", "ext-pg"):
         assert choice in content
-    assert [spec.title for spec in response.context["cl"].filter_specs] == ["event", "state", "environment", "target", "stage"]
+    assert [spec.title for spec in response.context["cl"].filter_specs] == [
+        "event", "state", "environment", "target", "stage", "change id", "run id", "actor", "created at",
+    ]  # fmt: skip
     assert 'id="searchbar"' in content
 
 

@@ -1,14 +1,18 @@
-"""Issue 2: plan and apply N trivial changes on PostgreSQL, against Django's ``migrate`` (RunPython).
+"""Issues 2 and 9: plan and apply N trivial changes on PostgreSQL, against Django, Alembic and a floor.
 
 Product: the audit store on PostgreSQL, every change on the ``app-db`` target (the Django database
-that holds the audit trail), so every change takes the shared-transaction strategy. Peer: a
-throwaway Django project with one app of N ``RunPython`` migrations on the same server. Both sides
-get a fresh database for every apply repetition, cloned from a template that holds the migrated
-schema and the ``bench_row`` table (the clone is not timed).
+that holds the audit trail), so every change takes the shared-transaction strategy. Peers on the
+same server: a throwaway Django project with one app of N ``RunPython`` migrations, an Alembic
+project of N revisions in a chain, and the framework-free floor (one transaction plus an
+audit-shaped row per change, psycopg alone). Every tool gets a fresh database for every apply
+repetition, cloned from a template that holds its schema and the ``bench_row`` table (the clone is
+not timed). The ``pipeline-goals`` analysis reads the results once they ran and sets them against
+the goals of issue 9.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -16,11 +20,23 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ..generate import BENCH_TABLE, BENCH_TABLE_DDL, peer_project_write, product_changes_write
+from ..generate import (
+    BENCH_TABLE,
+    BENCH_TABLE_DDL,
+    FLOOR_AUDIT_TABLE,
+    alembic_project_write,
+    alembic_revision,
+    floor_runner_write,
+    peer_project_write,
+    product_changes_write,
+)
 from ..harness import Analysis, Benchmark, BenchmarkError, Case, Comparison, Context, Suite, log
 
 PRODUCT = "flamingock"
 PEER = "django"
+ALEMBIC = "alembic"
+FLOOR = "floor"
+STARTUP_CASE = "manage.py version (start-up)"
 
 
 class Workloads:
@@ -31,6 +47,7 @@ class Workloads:
         self.pg = context.pg
         self._packages: dict[int, tuple[Path, str]] = {}
         self._peers: dict[int, Path] = {}
+        self._alembic: dict[int, Path] = {}
         self._templates: dict[str, str] = {}
         self._applied: dict[tuple[str, int], str] = {}
 
@@ -48,6 +65,15 @@ class Workloads:
         if size not in self._peers:
             self._peers[size] = peer_project_write(self.context.workdir / f"peer_{size}", count=size)
         return self._peers[size]
+
+    def alembic_project(self, size: int) -> Path:
+        if size not in self._alembic:
+            self._alembic[size] = alembic_project_write(self.context.workdir / f"alembic_{size}", count=size)
+        return self._alembic[size]
+
+    def floor_runner(self) -> Path:
+        path = self.context.workdir / "floor" / "floor_runner.py"
+        return path if path.exists() else floor_runner_write(path.parent)
 
     # -- environments and commands ---------------------------------------------------------------
 
@@ -71,6 +97,13 @@ class Workloads:
 
     def peer_command(self, *args: str) -> list[str]:
         return [self.context.python, "manage.py", *args]
+
+    def alembic_command(self, *args: str) -> list[str]:
+        """``alembic ...`` in the project's directory (``-m alembic``: the console script of this interpreter)."""
+        return [self.context.python, "-m", "alembic", *args]
+
+    def floor_command(self, size: int) -> list[str]:
+        return [self.context.python, str(self.floor_runner()), str(size)]
 
     def _call(self, command: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
         completed = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=3600)
@@ -117,8 +150,30 @@ class Workloads:
             self._applied[key] = database
         return self._applied[key]
 
+    def alembic_applied(self, size: int) -> str:
+        key = ("alembic", size)
+        if key not in self._applied:
+            database = self.pg.database_create(f"applied_alembic_{size}", template=self.peer_template())
+            self._call(self.alembic_command("upgrade", "head"), self.peer_env(database), self.alembic_project(size))
+            alembic_applied_verify(self.pg, database, size)
+            self._applied[key] = database
+        return self._applied[key]
+
+    def floor_applied(self, size: int) -> str:
+        key = ("floor", size)
+        if key not in self._applied:
+            database = self.pg.database_create(f"applied_floor_{size}", template=self.peer_template())
+            self._call(self.floor_command(size), self.peer_env(database), self.context.workdir)
+            floor_applied_verify(self.pg, database, size)
+            self._applied[key] = database
+        return self._applied[key]
+
     def fresh(self, kind: str) -> dict[str, str]:
-        """``prepare`` of an apply case: a clone of the template, as environment overrides."""
+        """``prepare`` of an apply case: a clone of the template, as environment overrides.
+
+        ``product`` clones the product's migrated schema; every peer (Django, Alembic, the floor)
+        starts from the empty database with the bench table and creates its own bookkeeping.
+        """
         template = self.product_template() if kind == "product" else self.peer_template()
         database = self.pg.database_create(f"fresh_{kind}", template=template)
         return {"DATABASE_URL": self.pg.database_url(database), "BENCH_DATABASE": database}
@@ -143,6 +198,43 @@ def peer_applied_verify(pg, database: str, size: int) -> None:
     recorded = pg.scalar(database, "SELECT count(*) FROM django_migrations WHERE app = 'benchapp'")
     if rows != size or recorded != size:
         raise BenchmarkError(f"peer migrate: expected {size} rows and {size} recorded migrations, found {rows} and {recorded}")
+
+
+def alembic_applied_verify(pg, database: str, size: int) -> None:
+    """N rows, and the chain's head recorded (Alembic keeps only the head revision, not one row per revision)."""
+    rows = pg.scalar(database, f"SELECT count(*) FROM {BENCH_TABLE}")
+    heads = pg.scalar(database, "SELECT string_agg(version_num, ',') FROM alembic_version")
+    if rows != size or heads != alembic_revision(size):
+        raise BenchmarkError(f"alembic upgrade: expected {size} rows and head {alembic_revision(size)}, found {rows} rows and {heads}")
+
+
+def floor_applied_verify(pg, database: str, size: int) -> None:
+    rows = pg.scalar(database, f"SELECT count(*) FROM {BENCH_TABLE}")
+    audited = pg.scalar(database, f"SELECT count(*) FROM {FLOOR_AUDIT_TABLE} WHERE state = 'APPLIED'")
+    changes = pg.scalar(database, f"SELECT count(DISTINCT change_id) FROM {FLOOR_AUDIT_TABLE}")
+    if rows != size or audited != size or changes != size:
+        raise BenchmarkError(
+            f"floor: expected {size} rows and one audit row for each of {size} changes, found {rows} rows, {audited} audit rows, {changes} changes"
+        )
+
+
+def alembic_current_verify(size: int):
+    def verify(completed: subprocess.CompletedProcess, env: dict[str, str]) -> None:
+        if f"{alembic_revision(size)} (head)" not in completed.stdout:
+            raise BenchmarkError(
+                f"alembic current: expected {alembic_revision(size)} (head), got:\n{completed.stdout[-2000:]}{completed.stderr[-2000:]}"
+            )
+
+    return verify
+
+
+def alembic_noop_verify(pg, database: str, size: int):
+    def verify(completed: subprocess.CompletedProcess, env: dict[str, str]) -> None:
+        if "Running upgrade" in completed.stderr:
+            raise BenchmarkError(f"alembic upgrade head was expected to be a no-op:\n{completed.stderr[-2000:]}")
+        alembic_applied_verify(pg, database, size)
+
+    return verify
 
 
 def plan_output_verify(size: int):
@@ -185,15 +277,27 @@ def startup_benchmark(work: Workloads) -> Benchmark:
 
 def plan_benchmark(work: Workloads, size: int) -> Benchmark:
     def build() -> list[Case]:
-        product_db, peer_db = work.product_applied(size), work.peer_applied(size)
+        product_db, peer_db, alembic_db = work.product_applied(size), work.peer_applied(size), work.alembic_applied(size)
         product_env, peer_env, peer_dir = work.product_env(size, product_db), work.peer_env(peer_db), work.peer_project(size)
+        alembic_env, alembic_dir = work.peer_env(alembic_db), work.alembic_project(size)
         return [
             Case(
                 "flamingock plan", PRODUCT, work.product_command("flamingock", "plan"), product_env, is_product=True, verify=plan_output_verify(size)
             ),
+            # The product's start-up in the same rounds: plan minus this is its work with N changes applied.
+            Case(STARTUP_CASE, PRODUCT, work.product_command("version"), product_env, is_product=True),
             Case("flamingock validate", PRODUCT, work.product_command("flamingock", "validate"), product_env, is_product=True),
             Case("migrate --check", PEER, work.peer_command("migrate", "--check"), peer_env, cwd=peer_dir),
             Case("migrate (no-op)", PEER, work.peer_command("migrate"), peer_env, cwd=peer_dir, verify=noop_migrate_verify),
+            Case("alembic current", ALEMBIC, work.alembic_command("current"), alembic_env, cwd=alembic_dir, verify=alembic_current_verify(size)),
+            Case(
+                "alembic upgrade head (no-op)",
+                ALEMBIC,
+                work.alembic_command("upgrade", "head"),
+                alembic_env,
+                cwd=alembic_dir,
+                verify=alembic_noop_verify(work.pg, alembic_db, size),
+            ),
         ]
 
     return Benchmark(
@@ -204,8 +308,11 @@ def plan_benchmark(work: Workloads, size: int) -> Benchmark:
         comparisons=[
             Comparison("flamingock plan", "migrate --check"),
             Comparison("flamingock plan", "migrate (no-op)"),
+            Comparison("flamingock plan", "alembic current"),
+            Comparison("flamingock plan", "alembic upgrade head (no-op)"),
             Comparison("flamingock validate", "migrate --check"),
         ],
+        notes=[f"`{STARTUP_CASE}`: the product's start-up, timed in the same rounds, so that plan's growth above it can be told."],
     )
 
 
@@ -214,7 +321,14 @@ def apply_benchmark(work: Workloads, size: int) -> Benchmark:
         # Warm the generated code (bytecode caches) and make the templates before any timing.
         work.product_applied(size)
         work.peer_applied(size)
+        work.alembic_applied(size)
+        work.floor_applied(size)
         product_env, peer_env = work.product_env(size, work.product_template()), work.peer_env(work.peer_template())
+        alembic_dir = work.alembic_project(size)
+
+        def alembic_verify(completed: subprocess.CompletedProcess, env: dict[str, str]) -> None:
+            alembic_applied_verify(work.pg, env["BENCH_DATABASE"], size)
+
         return [
             Case(
                 "flamingock run",
@@ -236,6 +350,36 @@ def apply_benchmark(work: Workloads, size: int) -> Benchmark:
                 verify=lambda completed, env: peer_applied_verify(work.pg, env["BENCH_DATABASE"], size),
                 cleanup=work.drop,
             ),
+            Case(
+                "alembic upgrade head",
+                ALEMBIC,
+                work.alembic_command("upgrade", "head"),
+                peer_env,
+                cwd=alembic_dir,
+                prepare=lambda: work.fresh("alembic"),
+                verify=alembic_verify,
+                cleanup=work.drop,
+            ),
+            Case(
+                "alembic upgrade head (transaction per migration)",
+                ALEMBIC,
+                work.alembic_command("-x", "transaction_per_migration=1", "upgrade", "head"),
+                peer_env,
+                cwd=alembic_dir,
+                prepare=lambda: work.fresh("alembic"),
+                verify=alembic_verify,
+                cleanup=work.drop,
+            ),
+            Case(
+                "floor",
+                FLOOR,
+                work.floor_command(size),
+                peer_env,
+                cwd=work.context.workdir,
+                prepare=lambda: work.fresh("floor"),
+                verify=lambda completed, env: floor_applied_verify(work.pg, env["BENCH_DATABASE"], size),
+                cleanup=work.drop,
+            ),
         ]
 
     return Benchmark(
@@ -243,7 +387,17 @@ def apply_benchmark(work: Workloads, size: int) -> Benchmark:
         size=size,
         title=f"Apply {size:,} trivial changes from empty: whole process, fresh database each repetition",
         build=build,
-        comparisons=[Comparison("flamingock run", "migrate")],
+        comparisons=[
+            Comparison("flamingock run", "migrate"),
+            Comparison("flamingock run", "alembic upgrade head"),
+            Comparison("flamingock run", "alembic upgrade head (transaction per migration)"),
+            Comparison("flamingock run", "floor"),
+        ],
+        notes=[
+            "Alembic's default (as `alembic init` writes env.py) runs the whole upgrade in one transaction; "
+            "`-x transaction_per_migration=1` commits each revision, as the product, `migrate` and the floor commit each change.",
+            "floor: a bare psycopg loop, per change BEGIN, the same INSERT, an audit-shaped INSERT, COMMIT; no lock, fence, chain or checksum.",
+        ],
         # build() already ran both once on a fresh clone (the status benchmark's database): that is the warm-up.
         warmup=0,
     )
@@ -424,12 +578,198 @@ def profile_markdown(data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+# -- the goals of issue 9 ---------------------------------------------------------------------------
+
+#: Issue 9: the product's apply costs less than this per change, marginally, with its guarantees on.
+MARGINAL_GOAL_MS = 0.9
+#: The sizes the goals name; other sizes are reported as measured (``--sizes``).
+GOAL_SIZE = 1000
+
+
+class Results:
+    """Medians of the cases that ran, by benchmark name, size and case name."""
+
+    def __init__(self, benchmarks: list[Benchmark]):
+        self.benchmarks = benchmarks
+
+    def wall(self, name: str, size: int, case: str) -> dict[str, float] | None:
+        for benchmark in self.benchmarks:
+            if benchmark.name == name and benchmark.size == size:
+                found = [each for each in benchmark.cases if each.name == case and each.samples]
+                return found[0].as_dict(size)["wall_s"] if found else None
+        return None
+
+    def median(self, name: str, size: int, case: str) -> float | None:
+        wall = self.wall(name, size, case)
+        return wall["median"] if wall else None
+
+    def sizes(self, name: str, case: str) -> list[int]:
+        """The sizes at which ``case`` of benchmark ``name`` has timed samples."""
+        return sorted(
+            benchmark.size for benchmark in self.benchmarks if benchmark.name == name and benchmark.size and self.wall(name, benchmark.size, case)
+        )
+
+
+def _timing(wall: dict[str, float] | None) -> str:
+    if not wall:
+        return "not measured"
+    return f"{wall['median'] * 1000:,.0f} ms (p95 {wall['p95'] * 1000:,.0f}, n {wall['n']})"
+
+
+def _goal(what: str, product: str, peer: str, ratio: float | None, goal: str, met: bool) -> dict[str, Any]:
+    return {"what": what, "product": product, "peer": peer, "ratio": None if ratio is None else round(ratio, 3), "goal": goal, "met": bool(met)}
+
+
+def _faster_rows(results: Results, name: str, size: int, product: str, peers: list[str], what: str) -> list[dict[str, Any]]:
+    rows = []
+    mine = results.wall(name, size, product)
+    for peer in peers:
+        theirs = results.wall(name, size, peer)
+        ratio = mine["median"] / theirs["median"] if mine and theirs else None
+        rows.append(
+            _goal(
+                f"{what}, {size:,} changes: `{product}` vs `{peer}`",
+                _timing(mine),
+                _timing(theirs),
+                ratio,
+                "faster than the peer (ratio < 1), same run",
+                ratio is not None and ratio < 1,
+            )
+        )
+    return rows
+
+
+def _plan_queries(profiles: dict[int, Analysis], size: int) -> int | None:
+    analysis = profiles.get(size)
+    phases = (analysis.data.get("plan_phases") or {}).get("phases") if analysis and analysis.data else None
+    return sum(row["queries"] for row in phases) if phases else None
+
+
+def _growth_row(results: Results, profiles: dict[int, Analysis]) -> dict[str, Any]:
+    """Plan's whole-process growth from the smallest to the largest size, and its SQL statements at each.
+
+    The goal reads "whole process": met when the median grows less than the history does and the
+    profile counted the same statements at both sizes (without the profile it is not met). The
+    growth above the start-up timed in the same rounds is shown beside it: it tells whether the
+    work that depends on the history is itself sub-linear.
+    """
+    what = "plan, all applied: growth of the whole process with history"
+    goal = "sub-linear: grows less than the history does, same number of SQL statements at every size"
+    sizes = results.sizes("plan-all-applied", "flamingock plan")
+    if len(sizes) < 2:
+        return _goal(what, "not measured: needs two sizes (`--full`)", "-", None, goal, False)
+    small, large = sizes[0], sizes[-1]
+    linear = large / small
+    before, after = (results.median("plan-all-applied", size, "flamingock plan") for size in (small, large))
+    growth = after / before
+    product = f"x{growth:.2f} ({before:.2f} s → {after:.2f} s, {(after - before) * 1000 / (large - small):.3f} ms per applied change)"
+    startups = [results.median("plan-all-applied", size, STARTUP_CASE) for size in (small, large)]
+    if None not in startups and before - startups[0] > 0.02:
+        product += f"; above start-up x{(after - startups[1]) / (before - startups[0]):.2f}"
+    queries = {size: _plan_queries(profiles, size) for size in (small, large)}
+    counted = None not in queries.values()
+    product += f"; {queries[small]} → {queries[large]} SQL statements" if counted else "; SQL statements not counted (profile off)"
+    peers = []
+    for case in ("migrate --check", "alembic current", "alembic upgrade head (no-op)"):
+        first, last = (results.median("plan-all-applied", size, case) for size in (small, large))
+        if first and last:
+            peers.append(f"{case} x{last / first:.2f}")
+    met = growth < linear and counted and queries[small] == queries[large]
+    return _goal(f"{what}, {small:,} → {large:,}", product, "; ".join(peers) + f" (linear x{linear:.0f})", None, goal, met)
+
+
+def _marginal(results: Results, case: str, small: int, large: int) -> float | None:
+    first, last = results.median("apply-from-empty", small, case), results.median("apply-from-empty", large, case)
+    return (last - first) * 1000 / (large - small) if first and last else None
+
+
+def _marginal_row(results: Results) -> dict[str, Any]:
+    """Marginal ms per change between the smallest and largest size; at one size, a conservative estimate."""
+    goal = f"under {MARGINAL_GOAL_MS} ms per change, with audit chain, fencing and checksums on"
+    peers = ["floor", "alembic upgrade head", "alembic upgrade head (transaction per migration)", "migrate"]
+    sizes = results.sizes("apply-from-empty", "flamingock run")
+    if len(sizes) >= 2:
+        small, large = sizes[0], sizes[-1]
+        what = f"apply: marginal ms per change, {small:,} → {large:,}"
+        values = {case: _marginal(results, case, small, large) for case in ["flamingock run", *peers]}
+        labels = {}
+    elif sizes:
+        # One size: (apply - status of the same tool) / N. The product's run has fixed costs its plan has
+        # not (lock, catalogue sync, run records), so this overstates its marginal cost: a "met" holds.
+        (size,) = sizes
+        what = f"apply: ms per change at {size:,}, estimated as (apply − no-op status) / N (`--full` measures the marginal)"
+        status = {
+            "flamingock run": "flamingock plan",
+            "migrate": "migrate (no-op)",
+            "alembic upgrade head": "alembic upgrade head (no-op)",
+            "alembic upgrade head (transaction per migration)": "alembic upgrade head (no-op)",
+        }
+        values = {}
+        for case in ["flamingock run", *peers]:
+            applied = results.median("apply-from-empty", size, case)
+            baseline = results.median("plan-all-applied", size, status[case]) if case in status else 0.0
+            values[case] = (applied - baseline) * 1000 / size if applied is not None and baseline is not None else None
+        labels = {"floor": "floor (whole process / N)"}
+    else:
+        return _goal("apply: marginal ms per change", "not measured", "-", None, goal, False)
+    mine, floor = values["flamingock run"], values["floor"]
+    peer = "; ".join(f"{labels.get(case, case)} {value:.3f} ms" for case, value in values.items() if case != "flamingock run" and value is not None)
+    ratio = mine / floor if mine is not None and floor else None
+    product = "not measured" if mine is None else f"{mine:.3f} ms"
+    return _goal(what + " (ratio: product / floor)", product, peer or "not measured", ratio, goal, mine is not None and mine < MARGINAL_GOAL_MS)
+
+
+def goals_rows(results: Results, profiles: dict[int, Analysis], sizes: list[int]) -> list[dict[str, Any]]:
+    plan_size = GOAL_SIZE if GOAL_SIZE in sizes else sizes[0]
+    rows = _faster_rows(
+        results,
+        "plan-all-applied",
+        plan_size,
+        "flamingock plan",
+        ["migrate --check", "alembic current", "alembic upgrade head (no-op)"],
+        "plan, all applied, whole process",
+    )
+    rows.append(_growth_row(results, profiles))
+    for size in sizes:
+        rows += _faster_rows(results, "apply-from-empty", size, "flamingock run", ["migrate", "alembic upgrade head"], "apply from empty, PostgreSQL")
+    rows.append(_marginal_row(results))
+    return rows
+
+
+def goals_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "Issue 9's goals for plan and apply, from the benchmarks above (medians of this run; ratio = product / peer).",
+        "",
+        "| what | product | peer | ratio | goal | met |",
+        "|---|---|---|---:|---|---|",
+    ]
+    for row in rows:
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
+        lines.append(f"| {row['what']} | {row['product']} | {row['peer']} | {ratio} | {row['goal']} | {'yes' if row['met'] else '**no**'} |")
+    return "\n".join(lines)
+
+
+def goals_analysis(benchmarks: list[Benchmark], profiles: dict[int, Analysis], sizes: list[int]) -> Analysis:
+    """Runs after every benchmark and profile of the run (analyses come after benchmarks, in order)."""
+
+    def run(output_dir: Path) -> tuple[str, dict[str, Any]]:
+        rows = goals_rows(Results(benchmarks), profiles, sizes)
+        versions = {name: importlib.metadata.version(name) for name in ("Django", "alembic", "SQLAlchemy", "psycopg")}
+        return goals_markdown(rows) + "\n\nPeers' versions: " + ", ".join(f"{name} {version}" for name, version in versions.items()), {
+            "goals": rows,
+            "versions": versions,
+        }
+
+    return Analysis(name="pipeline-goals", title="Goals: plan and apply against the peers (issue 9)", run=run)
+
+
 def suite(context: Context) -> Suite:
     work = Workloads(context)
     benchmarks = [startup_benchmark(work)]
     for size in context.sizes:
         benchmarks += [plan_benchmark(work, size), apply_benchmark(work, size)]
     # cProfile of a 10,000-change run takes minutes: the smallest size has it, every size has the steps.
-    analyses = [profile_analysis(work, size, cprofile=size == context.sizes[0]) for size in context.sizes] if context.profile else []
+    profiles = {size: profile_analysis(work, size, cprofile=size == context.sizes[0]) for size in context.sizes} if context.profile else {}
+    analyses = [*profiles.values(), goals_analysis(benchmarks, profiles, context.sizes)]
     log(f"pipeline_scale: sizes {context.sizes}, workdir {context.workdir}")
     return Suite(name="pipeline_scale", benchmarks=benchmarks, analyses=analyses)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import connections, transaction
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from audit_app.models import APPLIED_STATES, ChangeState
@@ -27,7 +29,7 @@ from .definitions import ChangeDefinition, Strategy
 from .discovery import Pipeline, pipeline_load
 from .faults import crashpoint
 from .governance import PermissionRefused, target_operate_check
-from .locks import lock_backend
+from .locks import LockBackend, lock_backend
 from .models import ChangeRecord, Run, TargetSystem
 from .resolver import Action, Plan, PlanItem, _resolve, plan_build
 from .targets import target_systems
@@ -83,13 +85,35 @@ def target_systems_sync() -> None:
             TargetSystem.objects.bulk_create([TargetSystem(name=name, **values)], ignore_conflicts=True)
         elif any(getattr(row, key) != value for key, value in values.items()):
             TargetSystem.objects.filter(pk=row.pk).update(**values)
-    TargetSystem.objects.exclude(name__in=list(configured)).filter(retired_at__isnull=True).update(retired_at=timezone.now())
+    gone = [row.pk for name, row in existing.items() if name not in configured and row.retired_at is None]
+    if gone:
+        TargetSystem.objects.filter(pk__in=gone, retired_at__isnull=True).update(retired_at=timezone.now())
+
+
+#: Per database alias: the pipeline this process last mirrored, and the catalogue's stamp right after.
+_catalogue_synced: dict[str, tuple[weakref.ref, tuple]] = {}
+
+
+def _catalogue_stamp() -> tuple:
+    """What changes whenever anyone creates, updates or retires a change record: one query."""
+    found = ChangeRecord.objects.aggregate(rows=Count("id"), live=Count("id", filter=Q(removed_at__isnull=True)), synced=Max("synced_at"))
+    return found["rows"], found["live"], found["synced"]
 
 
 def catalogue_sync(*, pipeline: Pipeline | None = None) -> None:
-    """Mirror change definitions in the database; changes gone from code keep their row."""
+    """Mirror change definitions in the database; changes gone from code keep their row.
+
+    Every run start calls it, so the steady state is cheap: when this process already mirrored
+    this very pipeline and nobody touched a change record since (same stamp), the rows are not
+    read again. Another code version syncing, a removal, a restored database: the stamp differs
+    and the full comparison runs.
+    """
     pipeline = pipeline or pipeline_load()
     target_systems_sync()
+    alias = ChangeRecord.objects.db
+    synced = _catalogue_synced.get(alias)
+    if synced is not None and synced[0]() is pipeline and synced[1] == _catalogue_stamp():
+        return
     existing = {row.change_id: row for row in ChangeRecord.objects.all()}
     create, update = [], []
     fields = (
@@ -140,11 +164,48 @@ def catalogue_sync(*, pipeline: Pipeline | None = None) -> None:
                 setattr(row, key, value)
             row.synced_at = now
             update.append(row)
-    with transaction.atomic():
-        ChangeRecord.objects.bulk_create(create, batch_size=500, ignore_conflicts=True)
-        if update:
-            ChangeRecord.objects.bulk_update(update, [*fields, "synced_at"], batch_size=500)
-        ChangeRecord.objects.exclude(change_id__in=list(pipeline.by_id)).filter(removed_at__isnull=True).update(removed_at=now)
+    gone = [row.pk for change_id, row in existing.items() if change_id not in pipeline.by_id and row.removed_at is None]
+    if create or update or gone:
+        with transaction.atomic():
+            ChangeRecord.objects.bulk_create(create, batch_size=500, ignore_conflicts=True)
+            if update:
+                ChangeRecord.objects.bulk_update(update, [*fields, "synced_at"], batch_size=500)
+            if gone:
+                ChangeRecord.objects.filter(pk__in=gone, removed_at__isnull=True).update(removed_at=now)
+    _catalogue_synced[alias] = (weakref.ref(pipeline), _catalogue_stamp())
+
+
+# -- lock store and worker start ------------------------------------------------------------------
+
+
+_lock_backends: dict[tuple, LockBackend] = {}
+
+
+def _lock_backend() -> LockBackend:
+    """The configured lock backend, one per process and configuration: a Redis backend keeps its
+    connection pool from one run to the next instead of connecting at every run start."""
+    key = (lock_backend, settings.FLAMINGOCK_ENVIRONMENT, settings.REDIS_URL, repr(sorted(settings.FLAMINGOCK_LOCK.items())))
+    backend = _lock_backends.get(key)
+    if backend is None:
+        backend = _lock_backends[key] = lock_backend()
+    return backend
+
+
+def worker_prepare(*, connect: bool) -> None:
+    """Pay once, when a worker starts, what its first run start would pay: the imports of the run
+    path, discovery of the pipeline and the target systems; with ``connect``, the database and the
+    lock store connections too. A failure is logged and left to the first run to report."""
+    try:
+        from . import approvals, notifications, tasks  # noqa: F401 - imported by every run start
+
+        pipeline_load()
+        target_systems()
+        backend = _lock_backend()
+        if connect:
+            connections[ChangeRecord.objects.db].ensure_connection()
+            backend.holder()
+    except Exception:
+        logger.warning("worker start: warming up the run path failed; the first run will say why", exc_info=True)
 
 
 # -- plan ------------------------------------------------------------------------------------------
@@ -169,14 +230,23 @@ def pipeline_plan(*, pipeline: Pipeline | None = None) -> Plan:
 
 
 def run_create(
-    *, actor: Actor, source: str, kind: str = Run.Kind.PIPELINE, change_id: str = "", reason: str = "", parameters: dict | None = None
+    *,
+    actor: Actor,
+    source: str,
+    kind: str = Run.Kind.PIPELINE,
+    change_id: str = "",
+    reason: str = "",
+    parameters: dict | None = None,
+    with_task: bool = False,
 ) -> Run:
-    """Record a QUEUED run (before any task is queued for it)."""
+    """Record a QUEUED run (before any task is queued for it). ``with_task``: its task will carry
+    the run's id (``run_queue``), recorded by the same INSERT."""
     pipeline = pipeline_load()
     if not pipeline.valid:
         raise PipelineInvalid(pipeline)
-    with transaction.atomic():
-        run = Run.objects.create(
+    # No savepoint: inside run_queue's transaction the run and its entry commit or vanish together.
+    with transaction.atomic(savepoint=False):
+        run = Run(
             kind=kind,
             source=source,
             environment=_environment(),
@@ -189,6 +259,9 @@ def run_create(
             pid=actor.pid,
             pipeline_digest=pipeline.digest,
         )
+        if with_task:
+            run.task_id = str(run.id)
+        run.save(force_insert=True)
         audit_record(
             event="run.queued",
             actor=actor,
@@ -220,13 +293,20 @@ def _executing_actor(run: Run) -> Actor:
 
 def run_execute(*, run_id: uuid.UUID) -> Run:
     """Claim and execute a queued run in this process. Returns the finished run."""
-    run = run_claim(run_id=run_id)
-    if run is None:
-        return Run.objects.get(pk=run_id)
-    crashpoint("after_claim")
-    actor = _executing_actor(run)
     pipeline = pipeline_load()
-    if run.pipeline_digest and pipeline.digest != run.pipeline_digest:
+    # The claim, the catalogue and ``run.started`` commit together: one commit before the lock, and
+    # a worker that dies inside leaves the run QUEUED (queued again), outside it RUNNING (reaped).
+    with transaction.atomic():
+        run = run_claim(run_id=run_id)
+        if run is None:
+            return Run.objects.get(pk=run_id)
+        actor = _executing_actor(run)
+        skewed = bool(run.pipeline_digest) and pipeline.digest != run.pipeline_digest
+        if not skewed:
+            catalogue_sync(pipeline=pipeline)
+            audit_record(event="run.started", actor=actor, environment=run.environment, run_id=run.id, details={"kind": run.kind})
+    crashpoint("after_claim")
+    if skewed:
         return _run_finish(
             run,
             actor,
@@ -234,9 +314,7 @@ def run_execute(*, run_id: uuid.UUID) -> Run:
             f"code skew: this worker's pipeline {pipeline.digest[:12]} is not the planned {run.pipeline_digest[:12]}",
             [],
         )
-    audit_record(event="run.started", actor=actor, environment=run.environment, run_id=run.id, details={"kind": run.kind})
-    catalogue_sync(pipeline=pipeline)
-    executor = engine.Executor(run, pipeline=pipeline, lock=lock_backend(), actor=actor, approval_needed=_approval_hook())
+    executor = engine.Executor(run, pipeline=pipeline, lock=_lock_backend(), actor=actor, approval_needed=_approval_hook())
     holder = executor.acquire()
     if holder is not None:
         reason = f"lock held by {holder.holder} (run {holder.run_id}, {holder.host} pid {holder.pid}, until {holder.expires_at})"
@@ -308,9 +386,7 @@ def run_queue(
     from .tasks import run_execute_task
 
     with transaction.atomic():
-        run = run_create(actor=actor, source=source, kind=kind, change_id=change_id, reason=reason, parameters=parameters)
-        run.task_id = str(run.id)
-        run.save(update_fields=["task_id"])
+        run = run_create(actor=actor, source=source, kind=kind, change_id=change_id, reason=reason, parameters=parameters, with_task=True)
         transaction.on_commit(lambda: run_execute_task.apply_async(args=[str(run.id)], task_id=run.task_id))
     return run
 
@@ -329,7 +405,7 @@ def runs_reap(*, now=None) -> dict[str, list[str]]:
 
     now = now or timezone.now()
     reaped: dict[str, list[str]] = {"aborted": [], "requeued": []}
-    holder = lock_backend().holder()
+    holder = _lock_backend().holder()
     live_run = holder.run_id if holder is not None and not holder.expired else ""
     dead_after = timedelta(seconds=settings.FLAMINGOCK_RUN_HEARTBEAT_TIMEOUT)
     # Only this environment's runs: the lock that tells a live run from a dead one is this environment's.
@@ -678,7 +754,7 @@ _SINGLE_CHANGE_ACTIONS = {
 
 
 def lock_status():
-    return lock_backend().holder()
+    return _lock_backend().holder()
 
 
 def lock_force_release(*, actor: Actor, reason: str):
@@ -689,7 +765,7 @@ def lock_force_release(*, actor: Actor, reason: str):
         user = get_user_model().objects.get(pk=actor.user_id)
         if not user.has_perm("changes_app.change_locklease"):
             raise PermissionRefused(f"{actor.name} may not release the pipeline lock")
-    holder = lock_backend().force_release()
+    holder = _lock_backend().force_release()
     if holder is None:
         raise ActionRefused("the lock is not held")
     audit_record(event="lock.force_released", actor=actor, environment=_environment(), reason=reason, details=holder.as_dict())

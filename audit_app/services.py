@@ -161,6 +161,10 @@ _WRITTEN = [
     if not field.primary_key and field.name not in {"seq", "hash_version", "prev_hash", "entry_hash", "created_at"}
 ]
 _WRITTEN_INDEX = {field.attname: index for index, field in enumerate(_WRITTEN)}
+#: Fields whose Python value is already what the driver sends; the others (JSON, UUID) are prepared
+#: by their field, as the ORM would.
+_PLAIN = {"CharField", "TextField", "IntegerField", "BigIntegerField", "PositiveSmallIntegerField", "FloatField"}
+_WRITTEN_PREP = [(field.attname, None if field.get_internal_type() in _PLAIN else field) for field in _WRITTEN]
 #: The hash input of chain version 1 (chain.entry_hash) built by PostgreSQL around the values
 #: that only the database knows under the head lock: the sequence, the previous hash, the time.
 _HASH_SQL = (
@@ -282,7 +286,7 @@ def _write_postgres(entry: AuditEntry, *, fence: Fence | None, expected: Any, pr
     tail = _hash_tail(entry)
     params.append(tail)
     columns = ", ".join(quote(field.column) for field in _WRITTEN)
-    values = [field.get_db_prep_save(getattr(entry, field.attname), connection) for field in _WRITTEN]
+    values = [getattr(entry, name) if field is None else field.get_db_prep_save(getattr(entry, name), connection) for name, field in _WRITTEN_PREP]
     ctes.append(
         f"e AS (INSERT INTO {AuditEntry._meta.db_table} (seq, hash_version, prev_hash, entry_hash, created_at, {columns}) "
         f"SELECT x.seq, {CHAIN_VERSION}, x.prev, x.hash, x.ts, {_placeholders(connection.vendor)} FROM x "

@@ -11,12 +11,13 @@ import functools
 import logging
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import connections, router
+from django.db import connections, router, transaction
 from django.utils import timezone
 
 from audit_app.models import APPLIED_STATES, STATE_EVENTS
@@ -35,6 +36,10 @@ from .targets import MarkerConflict, TargetSystem, audit_alias, target_systems
 logger = logging.getLogger("flamingock.engine")
 MAX_TRACE = 16_000
 PROGRESS_INTERVAL = 0.25  # seconds between progress commits
+
+
+#: The idle-transaction limit each live database connection already has.
+_IDLE_LIMIT_SET: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class Result:
@@ -113,6 +118,7 @@ class Executor:
         self.results: list[ChangeResult] = []
         self._permitted: dict[str, bool] = {}
         self._last_progress = 0.0
+        self._total_written = True  # until execute_pipeline has a plan to count
 
     # -- lock ------------------------------------------------------------------------------
 
@@ -135,18 +141,25 @@ class Executor:
         self.lease.start_heartbeat()
         self._limit_idle_transactions()
         self.run.fencing_token = self.lease.token
-        Run.objects.filter(pk=self.run.pk).update(fencing_token=self.lease.token, heartbeat_at=timezone.now())
-        self.audit("lock.acquired", details={"lock": self.lock.name, "token": self.lease.token})
+        # One commit: the run's token and its lock.acquired entry.
+        with transaction.atomic(using=self.alias):
+            Run.objects.filter(pk=self.run.pk).update(fencing_token=self.lease.token, heartbeat_at=timezone.now())
+            self.audit("lock.acquired", details={"lock": self.lock.name, "token": self.lease.token})
         crashpoint("after_lock")
         return None
 
     def _limit_idle_transactions(self) -> None:
         # A paused holder must not block a takeover: PostgreSQL ends its idle transaction first.
+        # A session setting: sent once per connection (workers keep theirs between runs).
         connection = connections[self.alias]
         if connection.vendor == "postgresql":
             milliseconds = int(self.lock.lease_seconds * 1000 / 2)
+            connection.ensure_connection()
+            if _IDLE_LIMIT_SET.get(connection.connection) == milliseconds:
+                return
             with connection.cursor() as cursor:
                 cursor.execute(f"SET idle_in_transaction_session_timeout = {milliseconds}")
+            _IDLE_LIMIT_SET[connection.connection] = milliseconds
 
     def release(self) -> None:
         if self.lease is None:
@@ -200,18 +213,24 @@ class Executor:
         progress is due, and always by the fence check of the next change's first entry, which
         refuses to write for a cancelled run: a cancelled run stops before its next change."""
         now = time.monotonic()
-        if not force and now - self._last_progress < PROGRESS_INTERVAL:
+        first = not self._total_written
+        if not first and not force and now - self._last_progress < PROGRESS_INTERVAL:
             return
         self._last_progress = now
-        cancelled = Run.objects.filter(pk=self.run.pk).values_list("cancel_requested_by", flat=True).first()
-        if cancelled:
-            raise RunAborted(f"cancelled by {cancelled}")
+        if not first:  # before the first change, its fence check refuses a cancelled run anyway
+            cancelled = Run.objects.filter(pk=self.run.pk).values_list("cancel_requested_by", flat=True).first()
+            if cancelled:
+                raise RunAborted(f"cancelled by {cancelled}")
         done = sum(
             1
             for result in self.results
             if result.result in (Result.APPLIED, Result.FAILED, Result.ROLLED_BACK, Result.RECONCILED, Result.ALREADY_APPLIED)
         )
-        Run.objects.filter(pk=self.run.pk).update(progress_done=done, current_change=current, heartbeat_at=timezone.now())
+        fields = {"progress_done": done, "current_change": current, "heartbeat_at": timezone.now()}
+        if first:
+            fields["progress_total"] = self.run.progress_total
+            self._total_written = True
+        Run.objects.filter(pk=self.run.pk).update(**fields)
 
     def check_lease(self) -> None:
         if self.lease is not None and self.lease.lost:
@@ -238,7 +257,7 @@ class Executor:
         """Run every stage; returns the run's (status, reason)."""
         plan = self.plan()  # read again now that the lock is held
         self.run.progress_total = plan.count(*PENDING)
-        Run.objects.filter(pk=self.run.pk).update(progress_total=self.run.progress_total)
+        self._total_written = False
         try:
             for stage in plan.stages:
                 self.execute_stage(stage)
@@ -248,6 +267,10 @@ class Executor:
         except Exception as error:
             self.not_reached(plan, f"stopped by an unexpected error: {type(error).__name__}")
             raise
+        finally:
+            if not self._total_written:  # no change reached the stage loop's progress update
+                Run.objects.filter(pk=self.run.pk).update(progress_total=self.run.progress_total)
+                self._total_written = True
         return self.outcome()
 
     def not_reached(self, plan: Plan, reason: str) -> None:

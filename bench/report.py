@@ -96,6 +96,25 @@ def machine_table(machine: dict[str, Any], postgres: dict[str, Any]) -> list[str
     return lines
 
 
+def goals_of(analyses: list[Analysis]) -> list[dict[str, Any]]:
+    """Every goal row of the issue's table that this run measured, in suite order."""
+    return [{"analysis": analysis.name, **row} for analysis in analyses for row in analysis.data.get("goals", [])]
+
+
+def goals_table(analyses: list[Analysis]) -> list[str]:
+    rows = goals_of(analyses)
+    if not rows:
+        return []
+    lines = ["| what | product | peer (same run) | ratio | goal | met |", "|---|---|---|---:|---|---|"]
+    for row in rows:
+        ratio = row.get("ratio")
+        shown = f"{ratio:.2f}" if isinstance(ratio, (int, float)) else "-"
+        lines.append(f"| {row['what']} | {row['product']} | {row['peer']} | {shown} | {row['goal']} | {'yes' if row.get('met') else '**no**'} |")
+    met = sum(1 for row in rows if row.get("met"))
+    lines += ["", f"{met} of {len(rows)} goals met in this run."]
+    return lines
+
+
 def report_markdown(meta: dict[str, Any], benchmarks: list[Benchmark], analyses: list[Analysis]) -> str:
     out = [
         "# Flamingock benchmark report",
@@ -106,6 +125,7 @@ def report_markdown(meta: dict[str, Any], benchmarks: list[Benchmark], analyses:
         "Ratios are product / peer, both measured in this run on this machine: below 1 the product is faster. Compare ratios,",
         "not absolute seconds, across runs and machines (absolute times vary by 15 to 25 % from run to run).",
         "",
+        *(["## Goals (issue 9)", "", *goals_table(analyses), ""] if goals_of(analyses) else []),
         "## Ratios",
         "",
         *ratios_table(benchmarks),
@@ -141,6 +161,7 @@ def report_write(output_dir: Path, meta: dict[str, Any], benchmarks: list[Benchm
         "baseline": meta["baseline"]["path"] if meta.get("baseline") else None,
         "benchmarks": [benchmark.as_dict() for benchmark in benchmarks],
         "ratios": [row for benchmark in benchmarks for row in benchmark.ratios()],
+        "goals": goals_of(analyses),
         "analyses": {analysis.name: {"title": analysis.title, "elapsed_s": analysis.elapsed_s, **analysis.data} for analysis in analyses},
     }
     md_path, json_path = output_dir / "report.md", output_dir / "report.json"

@@ -29,7 +29,7 @@ if __package__ in (None, ""):
 from bench.harness import REPO, BenchmarkError, Context, analysis_execute, benchmark_execute, log  # noqa: E402
 from bench.machine import load_average, machine_facts  # noqa: E402
 from bench.pg import PostgresServer  # noqa: E402
-from bench.report import baseline_table, ratios_table, report_write, results_table, scaling_table  # noqa: E402
+from bench.report import baseline_table, goals_table, ratios_table, report_write, results_table, scaling_table  # noqa: E402
 from bench.suites import SUITES  # noqa: E402
 
 DEFAULT_PG = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             "absolute times are inflated; the ratios, measured alternately in the same run, hold better."
         )
     md_path, json_path = report_write(output_dir, meta, benchmarks, analyses)
+    if goals_table(analyses):
+        print("\n".join(["", "## Goals (issue 9)", "", *goals_table(analyses), ""]))
     print("\n".join(["", "## Ratios (product / peer, below 1 = product faster)", "", *ratios_table(benchmarks), ""]))
     print("\n".join(["## Results", "", *results_table(benchmarks), ""]))
     if scaling_table(benchmarks):

@@ -1,96 +1,90 @@
-"""Lock cycles per second: the product's Redis lease lock (acquire with its fencing token from the
-database, release by compare-and-delete), with and without its audit entries, beside redis-py's
-own ``Lock`` and beside redis-py's ``Lock`` plus the same number of one-row commits, in one run.
+"""Lock cycles (issue 9): the ``lock-cycles`` analysis of bench/suites/lock_cycles.py, run alone.
+``python bench/run.py --only lock-cycles`` runs the same inside the one command.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/<db> REDIS_URL=redis://127.0.0.1:6379/0 \\
-        python bench/lock_cycles.py [--cycles 2000]
+    python bench/lock_cycles.py                     # a throwaway migrated database, 5 rounds of 2,000 cycles
+    python bench/lock_cycles.py --quick             # 5 rounds of 200 cycles
+    python bench/lock_cycles.py --profile           # cProfile of the product's cycles, then exit
 
-The database must be migrated (``python manage.py migrate``); a throwaway one is best.
+The product's Redis lease lock (acquire, fencing token, release) beside redis-py's ``Lock``, and
+both with their commits (the product's ``lock.acquired``/``lock.released`` entries, the peer's
+one-row commits), measured in one process, alternating. Redis: ``BENCH_REDIS`` (default
+redis://127.0.0.1:6379/0). Writes lock-cycles.md and lock-cycles.json under
+bench/results/lock-cycles-<UTC time>/.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
-import statistics
 import sys
-import time
-import uuid
+import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flamingock_site.settings")
+
+from bench.harness import REPO, Context  # noqa: E402
+from bench.pg import PostgresServer  # noqa: E402
+from bench.suites.lock_cycles import REDIS_URL, measure, run_analysis  # noqa: E402
+
+
+def child(path: Path, *, cycles: int, rounds: int) -> None:
+    """Inside the process that measures: Django on the database of ``DATABASE_URL``."""
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flamingock_site.settings")
+    django.setup()
+    path.write_text(json.dumps(measure(cycles=cycles, rounds=rounds, redis_url=os.environ.get("REDIS_URL") or REDIS_URL)))
+
+
+def profile(context: Context, cycles: int) -> None:
+    """cProfile of the product's plain and audited cycles, in a child on a throwaway database."""
+    import subprocess
+
+    from bench.audit_data import audit_database, product_env
+
+    database = audit_database(context, entries=1000)
+    code = (
+        "import cProfile, pstats, django, json; django.setup()\n"
+        "from bench.suites.lock_cycles import measure\n"
+        f"profiler = cProfile.Profile(); profiler.enable(); measure(cycles={cycles}, rounds=1, warmup=20); profiler.disable()\n"
+        "pstats.Stats(profiler).sort_stats('cumulative').print_stats(40)\n"
+    )
+    env = {**product_env(context, database), "REDIS_URL": REDIS_URL}
+    subprocess.run([context.python, "-c", code], env=env, cwd=REPO, check=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--pg", default=os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432"))
+    parser.add_argument("--quick", action="store_true", help="200 cycles per round")
+    parser.add_argument("--cycles", type=int, help="cycles per case and round (default 2,000; --quick 200)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 5)")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of the cycles instead of measuring")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child(args.child, cycles=args.cycles or 2000, rounds=args.rounds or 5)
+        return
 
-    import django
-
-    django.setup()
-    import redis
-    from django.conf import settings
-    from django.db import connection, transaction
-
-    from audit_app.services import Actor, audit_record
-    from changes_app.redis_lock import RedisLeaseLock
-
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    actor = Actor(name="bench")
-    name = f"bench-{uuid.uuid4().hex[:8]}"
-    lock = RedisLeaseLock(name, lease_seconds=60)
-    with connection.cursor() as cursor:
-        cursor.execute("CREATE TEMPORARY TABLE bench_commit (id serial PRIMARY KEY, at timestamptz DEFAULT now())")
-
-    def product_cycle():
-        lease = lock.try_acquire(run_id=uuid.uuid4(), actor=actor)
-        lock.release(lease)
-
-    def product_cycle_audited():
-        run_id = uuid.uuid4()
-        lease = lock.try_acquire(run_id=run_id, actor=actor)
-        audit_record(event="lock.acquired", actor=actor, environment="bench", run_id=run_id, details={"token": lease.token})
-        lock.release(lease)
-        audit_record(event="lock.released", actor=actor, environment="bench", run_id=run_id, details={"token": lease.token})
-
-    def raw_cycle():
-        handle = client.lock(f"{name}-raw", timeout=60, blocking=False)
-        handle.acquire(blocking=False)
-        handle.release()
-
-    def raw_cycle_with_commits():
-        handle = client.lock(f"{name}-raw", timeout=60, blocking=False)
-        handle.acquire(blocking=False)
-        for _ in range(3):  # the product's cycle commits the fence token and two entries
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute("INSERT INTO bench_commit DEFAULT VALUES")
-        handle.release()
-
-    cases = {
-        "redis-py Lock": raw_cycle,
-        "product lock (fencing token)": product_cycle,
-        "redis-py Lock + 3 one-row commits": raw_cycle_with_commits,
-        "product lock + its audit entries": product_cycle_audited,
-    }
-    rates: dict[str, list[float]] = {case: [] for case in cases}
-    for _ in range(args.rounds):
-        for case, cycle in cases.items():  # alternated within each round
-            started = time.perf_counter()
-            for _ in range(args.cycles):
-                cycle()
-            rates[case].append(args.cycles / (time.perf_counter() - started))
-    medians = {case: statistics.median(values) for case, values in rates.items()}
-    print(f"{args.cycles} cycles x {args.rounds} rounds, medians (cycles per second):")
-    for case, rate in medians.items():
-        print(f"  {case:<40} {rate:10.0f}/s  ({1000 / rate:.3f} ms per cycle)")
-    print(f"ratio product/raw without audit: {medians['redis-py Lock'] / medians['product lock (fencing token)']:.2f}x the time")
-    print(
-        f"ratio product+audit/raw+commits: {medians['redis-py Lock + 3 one-row commits'] / medians['product lock + its audit entries']:.2f}x the time"
-    )
-    client.delete(f"flamingock:lock:{name}", f"flamingock:lock:{name}:holder", f"{name}-raw")
+    with contextlib.ExitStack() as cleanups:
+        pg = PostgresServer(args.pg)
+        cleanups.callback(pg.close)
+        workdir = Path(tempfile.mkdtemp(prefix="flk-bench-lock-"))
+        context = Context(
+            sizes=[1000], repeat=5, repeat_large=3, warmup=0, quick=args.quick, profile=args.profile, workdir=workdir, pg=pg, cleanups=cleanups
+        )
+        if args.profile:
+            profile(context, args.cycles or 500)
+            return
+        output_dir = REPO / "bench" / "results" / f"lock-cycles-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+        text, data = run_analysis(context, output_dir, cycles=args.cycles, rounds=args.rounds)
+    (output_dir / "lock-cycles.md").write_text(text + "\n")
+    (output_dir / "lock-cycles.json").write_text(json.dumps(data, indent=2))
+    print(text)
+    print(f"\nwritten to {output_dir.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """The pipeline lock: a lease with heartbeat, and a fencing token from the audit database.
 
 Backends honour one contract (:class:`LockBackend`); this module has the database lease lock of
-the embedded default. Whatever the backend, the fencing token comes from the :class:`Fence` row of
-the audit database and every fenced write checks it there (:meth:`Lease.check`), so a holder that
-lost its lease cannot write, whatever the lock store says.
+the embedded default. Whatever the backend, the fencing token is issued by the audit database (on
+PostgreSQL by a sequence of the lock's own, without a commit; elsewhere by the :class:`Fence` row)
+and every fenced write checks there that it is still the newest (:meth:`Lease.check`), so a holder
+that lost its lease cannot write, whatever the lock store says.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import threading
 import uuid
@@ -16,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from django.conf import settings
-from django.db import IntegrityError, connections, router, transaction
+from django.db import IntegrityError, ProgrammingError, connections, router, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -74,9 +77,41 @@ class LockBackend(Protocol):
     def force_release(self) -> Holder | None: ...
 
 
+def fence_sequence(name: str) -> str:
+    """PostgreSQL: the sequence that issues the fencing tokens of lock ``name``, one per lock."""
+    return f"{Fence._meta.db_table}_{hashlib.sha256(name.encode()).hexdigest()[:24]}"
+
+
+def fence_issue(name: str) -> int:
+    """Issue the next fencing token of lock ``name``: from then on, every older token is refused.
+
+    PostgreSQL: ``nextval`` of the lock's own sequence, one round trip with no commit to wait for;
+    the fence check compares with the sequence's last value. Durable all the same: a sequence logs
+    ahead, and the call that logs flushes at its commit, so no value is handed out twice, even
+    after a crash (after one, the sequence resumes past the last logged value, which refuses the
+    holder of the time: safe). Elsewhere the fence row is advanced (:func:`fence_advance`).
+    """
+    connection = connections[router.db_for_write(Fence)]
+    if connection.vendor != "postgresql":
+        return fence_advance(name)
+    return _fence_nextval(connection, name)
+
+
 def fence_advance(name: str) -> int:
-    """Take the next fencing token. Waits for the row lock a fenced transaction holds to commit."""
+    """Issue the next fencing token and record it in the fence row.
+
+    Waits for the row lock a fenced transaction holds to commit. The database lease lock takes its
+    tokens here (its acquisition commits anyway), and a force release fences out the holder with it.
+    """
     using = router.db_for_write(Fence)
+    connection = connections[using]
+    table = Fence._meta.db_table
+    if connection.vendor == "postgresql":
+        with transaction.atomic(using=using):
+            token = _fence_nextval(connection, name)
+            with connection.cursor() as cursor:
+                cursor.execute(f"UPDATE {table} SET token = GREATEST(token, %s) WHERE name = %s", [token, name])
+            return token
     try:
         Fence.objects.using(using).get_or_create(name=name)
     except IntegrityError:  # created concurrently
@@ -84,6 +119,64 @@ def fence_advance(name: str) -> int:
     with transaction.atomic(using=using):
         Fence.objects.using(using).filter(name=name).update(token=F("token") + 1)
         return Fence.objects.using(using).values_list("token", flat=True).get(name=name)
+
+
+def fence_newest(name: str, *, using: str) -> int | None:
+    """The newest fencing token issued for lock ``name`` (``None``: none yet)."""
+    if connections[using].vendor == "postgresql":
+        with connections[using].cursor() as cursor:
+            cursor.execute("SELECT pg_sequence_last_value(to_regclass(%s))", [fence_sequence(name)])
+            return cursor.fetchone()[0]
+    return Fence.objects.using(using).filter(name=name).values_list("token", flat=True).first()
+
+
+def _fence_nextval(connection, name: str) -> int:
+    sequence = fence_sequence(name)
+    # Inside a transaction, a savepoint keeps a missing sequence from aborting it.
+    savepoint = transaction.atomic(using=connection.alias) if connection.in_atomic_block else contextlib.nullcontext()
+    try:
+        with savepoint:
+            return _sequence_next(connection, sequence)
+    except ProgrammingError as error:
+        if getattr(error.__cause__, "sqlstate", None) != "42P01":  # undefined_table: the lock's first token
+            raise
+    _fence_sequence_create(connection, name)
+    return _sequence_next(connection, sequence)
+
+
+def _sequence_next(connection, sequence: str) -> int:
+    """``nextval`` of ``sequence`` in one blocking libpq call. The token is on the lock's critical
+    path, and the general query path (cursor, parameter adaptation, psycopg's wait loop) costs
+    about as much as the round trip itself. Not a prepared statement: psycopg deallocates all of a
+    session's statements after some commands, and poolers may not keep them."""
+    import psycopg
+    from psycopg import errors, pq
+
+    connection.ensure_connection()
+    raw = connection.connection
+    with connection.wrap_database_errors, raw.lock:
+        # The name is ours (hexadecimal): nothing to quote.
+        result = raw.pgconn.exec_(f"SELECT nextval('{sequence}'::regclass)".encode())
+        if result.status == pq.ExecStatus.TUPLES_OK:
+            return int(result.get_value(0, 0))
+        if raw.pgconn.status == pq.ConnStatus.BAD:
+            raise psycopg.OperationalError(f"the connection to the audit database was lost: {pq.error_message(raw.pgconn)}")
+        raise errors.error_from_result(result, encoding=raw.info.encoding)
+
+
+def _fence_sequence_create(connection, name: str) -> None:
+    """Create the lock's fence row and sequence, the sequence above every token the row recorded."""
+    table, sequence = Fence._meta.db_table, fence_sequence(name)
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {table} (name, token) VALUES (%s, 0) ON CONFLICT (name) DO NOTHING", [name])
+        # The row lock makes concurrent first acquirers create the sequence once.
+        cursor.execute(f"SELECT token FROM {table} WHERE name = %s FOR UPDATE", [name])
+        recorded = cursor.fetchone()[0]
+        cursor.execute("SELECT to_regclass(%s)", [sequence])
+        if cursor.fetchone()[0] is None:
+            cursor.execute(f"CREATE SEQUENCE {connection.ops.quote_name(sequence)} AS bigint MINVALUE 1 CACHE 1 NO CYCLE")
+            # Tokens recorded before the lock had a sequence (an upgrade) are never issued again.
+            cursor.execute("SELECT setval(%s, %s, %s)", [sequence, max(recorded, 1), recorded > 0])
 
 
 class Lease:
@@ -95,7 +188,7 @@ class Lease:
         self.token = token
         self.run_id = run_id
         self.lost_reason = ""
-        #: Backend-specific state (the redis-py ``Lock`` of a Redis lease).
+        #: Backend-specific state (the value a Redis lease was set with: its owner proof).
         self.handle = None
         #: Set by the engine before a change's first entry: that check also refuses a cancelled run.
         self.cancel_check = False
@@ -105,11 +198,18 @@ class Lease:
     # Fence protocol (audit_app.services.Fence)
     def statement(self, *, using: str) -> tuple[str, list]:
         """The fence check as one UPDATE: it matches one row only if the token is still the newest
-        (and, for a change's first entry, the run was not cancelled), and locks it until commit.
-        The writer may send it alone or fold it into its own first statement."""
+        issued for the lock (and, for a change's first entry, the run was not cancelled), and locks
+        it until commit. The writer may send it alone or fold it into its own first statement."""
         connection = connections[using]
-        sql = f"UPDATE {Fence._meta.db_table} SET checked_at = CURRENT_TIMESTAMP WHERE name = %s AND token = %s"
-        params = [self.name, self.token]
+        table = Fence._meta.db_table
+        if connection.vendor == "postgresql":
+            # The newest token is the last value of the lock's sequence (see fence_issue).
+            newest = f"(SELECT last_value FROM {connection.ops.quote_name(fence_sequence(self.name))})"
+            sql = f"UPDATE {table} SET checked_at = CURRENT_TIMESTAMP, token = %s WHERE name = %s AND %s = {newest}"
+            params = [self.token, self.name, self.token]
+        else:
+            sql = f"UPDATE {table} SET checked_at = CURRENT_TIMESTAMP WHERE name = %s AND token = %s"
+            params = [self.name, self.token]
         if self.cancel_check:
             # Only the first entry of a change: a change under way is never cut short by a cancel.
             self.cancel_check = False
@@ -127,8 +227,7 @@ class Lease:
 
     def refused(self, *, using: str) -> None:
         """Raise why the fence check matched no row: the run was cancelled, or the token is stale."""
-        token = Fence.objects.using(using).filter(name=self.name).values_list("token", flat=True).first()
-        if token == self.token:
+        if fence_newest(self.name, using=using) == self.token:
             by = Run.objects.using(using).filter(pk=self.run_id).values_list("cancel_requested_by", flat=True).first()
             raise RunCancelled(f"cancelled by {by}")
         self.lost_reason = self.lost_reason or f"fencing token {self.token} is no longer the newest"

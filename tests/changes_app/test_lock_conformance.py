@@ -14,19 +14,23 @@ import threading
 import time
 import uuid
 
+import psycopg
 import pytest
 import redis
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transaction
 from django.utils import timezone
 
 from audit_app.models import AuditEntry
 from audit_app.services import Actor, FenceRefused, audit_record
-from changes_app.locks import DatabaseLeaseLock, Lease
+from changes_app.locks import DatabaseLeaseLock, Lease, fence_issue
+from changes_app.models import Fence
 from changes_app.redis_lock import RedisLeaseLock
+from tests.conftest import PG_SERVER
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+PG_ADMIN_URL = f"{PG_SERVER}/postgres"
 ACQUIRERS = 16
 BACKENDS = {
     "database": lambda name, lease: DatabaseLeaseLock(name, lease_seconds=lease),
@@ -48,7 +52,7 @@ def make_lock(request, unique):
     yield make
     if request.param == "redis":
         client = redis.Redis.from_url(REDIS_URL)
-        client.delete(f"flamingock:lock:{name}", f"flamingock:lock:{name}:holder")
+        client.delete(f"flamingock:lock:{name}")
         client.close()
         for backend in made:
             backend.client.close()
@@ -261,6 +265,23 @@ def test_fencing_tokens_only_grow_and_a_stale_holder_is_refused(make_lock):
     assert AuditEntry.objects.filter(event="lock.probe", fencing_token=leases[-1].token).count() == 1
 
 
+def test_a_stale_holder_is_refused_as_soon_as_its_successor_acquires_before_the_successor_writes(make_lock):
+    lease_seconds = 0.4
+    stale = acquire(make_lock(lease_seconds), "paused")
+    time.sleep(lease_seconds + 0.2)
+    successor = acquire(make_lock(lease_seconds), "successor")
+    assert successor is not None and successor.token > stale.token
+
+    # The successor has written nothing: its acquisition alone fences the paused holder out.
+    with pytest.raises(FenceRefused, match=f"fencing token {stale.token} .* is stale"):
+        fenced_check(stale)
+    with pytest.raises(FenceRefused):
+        audit_record(event="lock.probe", actor=actor(), environment="conformance", fence=stale)
+    assert not AuditEntry.objects.filter(event="lock.probe").exists()
+    fenced_check(successor)
+    successor.release()
+
+
 # -- holder information and force release ----------------------------------------------------------
 
 
@@ -310,7 +331,7 @@ def test_redis_lock_tokens_keep_growing_after_redis_loses_its_keys(unique):
     backend = RedisLeaseLock(name, lease_seconds=30, url=REDIS_URL)
     try:
         first = acquire(backend)
-        backend.client.delete(backend.key, backend.info_key)  # what a restart without persistence does
+        backend.client.delete(backend.key)  # what a restart without persistence does
         second = acquire(backend)
         assert second is not None and second.token > first.token
         with pytest.raises(FenceRefused):
@@ -318,5 +339,104 @@ def test_redis_lock_tokens_keep_growing_after_redis_loses_its_keys(unique):
         fenced_check(second)
         second.release()
     finally:
-        backend.client.delete(backend.key, backend.info_key)
+        backend.client.delete(backend.key)
+        backend.client.close()
+
+
+# -- the Redis lease and the database's token ------------------------------------------------------
+
+
+def test_redis_lease_is_given_back_when_the_database_cannot_issue_its_token(unique, monkeypatch):
+    backend = RedisLeaseLock(f"conformance:{unique}", lease_seconds=30, url=REDIS_URL)
+
+    def unreachable(name):
+        raise OperationalError("the audit database is unreachable")
+
+    try:
+        monkeypatch.setattr("changes_app.redis_lock.fence_issue", unreachable)
+        with pytest.raises(OperationalError):
+            acquire(backend)
+        assert backend.client.exists(backend.key) == 0, "no lease is left held without its token"
+        monkeypatch.undo()
+        lease = acquire(backend)
+        assert lease is not None, "the lock is free at once, not after the lease"
+        lease.release()
+    finally:
+        backend.client.delete(backend.key)
+        backend.client.close()
+
+
+def test_redis_lease_set_by_an_older_version_is_respected_and_shown_as_held(unique):
+    backend = RedisLeaseLock(f"conformance:{unique}", lease_seconds=30, url=REDIS_URL)
+    try:
+        backend.client.set(backend.key, uuid.uuid4().hex, px=30_000)  # redis-py's Lock: a bare owner token
+        assert acquire(backend) is None
+        holder = backend.holder()
+        assert holder is not None and not holder.expired and holder.holder == "?"
+    finally:
+        backend.client.delete(backend.key)
+        backend.client.close()
+
+
+@pytest.mark.postgres
+def test_a_locks_first_tokens_continue_above_the_tokens_recorded_before_it_had_a_sequence(unique):
+    """An upgrade: the fence row holds the last token of the old issuer; the new sequence starts above it."""
+    name = f"conformance:{unique}"
+    Fence.objects.create(name=name, token=500)
+    backend = RedisLeaseLock(name, lease_seconds=30, url=REDIS_URL)
+    try:
+        before_upgrade = Lease(backend, token=500, run_id=uuid.uuid4())
+        lease = acquire(backend)
+        assert lease.token == 501
+        assert backend.holder().token == 501
+        with pytest.raises(FenceRefused):
+            fenced_check(before_upgrade)
+        fenced_check(lease)
+        lease.release()
+        assert DatabaseLeaseLock(name, lease_seconds=30).try_acquire(run_id=uuid.uuid4(), actor=actor()).token == 502
+    finally:
+        backend.client.delete(backend.key)
+        backend.client.close()
+
+
+@pytest.mark.postgres
+def test_concurrent_first_tokens_of_a_lock_are_all_distinct_and_only_the_newest_passes(unique):
+    name = f"conformance:{unique}"
+    barrier = threading.Barrier(8)
+    tokens: list[int] = []
+
+    def issue(index: int) -> None:
+        barrier.wait(timeout=60)
+        tokens.append(fence_issue(name))  # the first ones also create the lock's sequence
+
+    assert not in_threads(8, issue)
+    assert sorted(tokens) == list(range(1, 9)), tokens
+    backend = DatabaseLeaseLock(name, lease_seconds=30)
+    for token in range(1, 8):
+        with pytest.raises(FenceRefused):
+            fenced_check(Lease(backend, token=token, run_id=uuid.uuid4()))
+    fenced_check(Lease(backend, token=8, run_id=uuid.uuid4()))
+
+
+@pytest.mark.postgres
+def test_redis_lease_is_given_back_when_the_audit_database_drops_the_connection(unique):
+    backend = RedisLeaseLock(f"conformance:{unique}", lease_seconds=30, url=REDIS_URL)
+    connection = connections[DEFAULT_DB_ALIAS]
+    try:
+        acquire(backend).release()  # the token's statement is prepared on this connection
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            pid = cursor.fetchone()[0]
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        with pytest.raises(OperationalError, match="lost|terminat|closed"):
+            acquire(backend)
+        assert backend.client.exists(backend.key) == 0, "no lease is left held without its token"
+        connection.close()  # what Django does with an unusable connection before the next request
+        lease = acquire(backend)
+        assert lease is not None
+        fenced_check(lease)
+        lease.release()
+    finally:
+        backend.client.delete(backend.key)
         backend.client.close()

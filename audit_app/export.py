@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db import router
+from django.db import connections, router
+from django.db.models.expressions import RawSQL
 
-from .chain import HASHED_FIELDS, ROW_COLUMNS, canonical_json, entry_hash, timestamp_text
+from .chain import HASHED_FIELDS, ROW_COLUMNS, canonical_json, entry_hash, json_text_canonical, timestamp_text
 from .integrity import checkpoint_write
 from .models import AuditEntry
 from .signing import sign, signature_valid
@@ -23,6 +23,19 @@ FORMATS = ("csv", "jsonl")
 COLUMNS = ("seq", "id", "created_at", *HASHED_FIELDS, "hash_version", "prev_hash", "entry_hash")
 _NULLABLE_INT = {"actor_user_id", "pid", "fencing_token", "seq", "id", "hash_version"}
 TRAILER_MARK = "#flamingock-export"
+#: The CSV columns before ``duration_ms``, between it and ``details``, and after ``details``.
+_HEAD = COLUMNS[: COLUMNS.index("duration_ms")]
+_MIDDLE = COLUMNS[COLUMNS.index("duration_ms") + 1 : COLUMNS.index("details")]
+_TAIL = COLUMNS[COLUMNS.index("details") + 1 :]
+#: Columns whose text often needs quoting in CSV (commas, quotes, line breaks).
+_FREE_TEXT = set(_MIDDLE)
+#: Rows read, and lines held, at a time: memory stays at one batch whatever the export's size.
+BATCH_ROWS = 2_000
+#: On PostgreSQL, a batch holds up to this many rows and about BATCH_BYTES of lines.
+POSTGRES_BATCH_ROWS = 20_000
+BATCH_BYTES = 4_000_000
+#: Rows per chunk received from PostgreSQL while it goes on sending a batch.
+STREAM_ROWS = 1_000
 
 
 @dataclass
@@ -67,9 +80,119 @@ def export_message(count: int, digest: str, checkpoint_seq: int, checkpoint_hash
     return f"flamingock-export:v1:{count}:{digest}:{checkpoint_seq}:{checkpoint_hash}".encode()
 
 
+def _csv_text(text: str) -> str:
+    """A CSV field as Python's csv writer quotes it (minimal quoting, quotes doubled), and also
+    quoted when it holds a lone carriage return, which the reader would take for the end of a row."""
+    if "," in text or '"' in text or "\n" in text or "\r" in text:
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _csv_field(value) -> str:
+    if value is None:
+        return ""
+    return _csv_text(value if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value))
+
+
+def _csv_line(record: dict) -> str:
+    details = record["details"]
+    fields = [canonical_json(details) if name == "details" and details is not None else record[name] for name in COLUMNS]
+    return ",".join([_csv_field(value) for value in fields]) + "\n"
+
+
+def _lines(rows, fmt: str) -> Iterator[tuple[list[str], list[str]]]:
+    """(lines, entry hashes) of the selected rows, a batch at a time, through the ORM."""
+    lines, hashes = [], []
+    for row in rows.values_list(*ROW_COLUMNS).iterator(chunk_size=BATCH_ROWS):
+        record = _record(row)
+        lines.append(canonical_json(record) + "\n" if fmt == "jsonl" else _csv_line(record))
+        hashes.append(record["entry_hash"])
+        if len(lines) >= BATCH_ROWS:
+            yield lines, hashes
+            lines, hashes = [], []
+    if lines:
+        yield lines, hashes
+
+
+def _sql_csv_text(column: str) -> str:
+    """:func:`_csv_text` in SQL."""
+    return (
+        f"CASE WHEN strpos({column}, ',') + strpos({column}, '\"') + strpos({column}, E'\\n') + strpos({column}, E'\\r') > 0 "
+        f"THEN '\"' || replace({column}, '\"', '\"\"') || '\"' ELSE {column} END"
+    )
+
+
+def _csv_segments(connection) -> dict[str, str]:
+    """The SQL of a CSV line in the pieces PostgreSQL writes: every column but ``duration_ms``
+    (Python's float repr) and ``details`` (canonical JSON). The free-text columns are quoted here;
+    the others (numbers, names, hashes) are joined as they are, and :func:`_csv_lines_postgresql`
+    checks that none needed quoting, which is cheaper there than a test per column here."""
+    table = connection.ops.quote_name(AuditEntry._meta.db_table)
+
+    def column(name: str) -> str:
+        quoted = f"{table}.{connection.ops.quote_name(name)}"
+        if name == "created_at":
+            return f"""to_char({quoted} AT TIME ZONE 'UTC', 'FMYYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+        if name in _FREE_TEXT:
+            return _sql_csv_text(f"{quoted}::text")
+        return f"coalesce({quoted}::text, '')"
+
+    def line(names) -> str:
+        return f"concat_ws(',', {', '.join(column(name) for name in names)})"
+
+    return {
+        "_head": line(_HEAD),
+        "_duration": f"{table}.{connection.ops.quote_name('duration_ms')}",
+        "_middle": line(_MIDDLE),
+        "_details": f"{table}.{connection.ops.quote_name('details')}::text",
+        "_tail": line(_TAIL),
+        "_hash": f"{table}.{connection.ops.quote_name('entry_hash')}::text",
+    }
+
+
+def _csv_lines_postgresql(rows) -> Iterator[tuple[list[str], list[str]]]:
+    """What :func:`_lines` yields for CSV, with PostgreSQL writing most of each line: a batch is a
+    keyset page of the selection (``seq`` after the last one written), read while the server goes
+    on sending it. The connection is free again between batches."""
+    connection = connections[rows.db]
+    segments = _csv_segments(connection)
+    selected = rows.annotate(**{name: RawSQL(sql, ()) for name, sql in segments.items()}).values_list(*segments)
+    commas = len(_HEAD) - 1 + len(_TAIL) - 1
+    canonical = json_text_canonical
+    last, limit = None, 1_000
+    while True:
+        page = selected if last is None else selected.filter(seq__gt=last)
+        sql, params = page[:limit].query.get_compiler(using=rows.db).as_sql()
+        lines, hashes, unusual = [], [], []
+        with connection.cursor() as cursor:
+            for head, duration, middle, details, tail, entry_hash in cursor.cursor.stream(sql, params, size=STREAM_ROWS):
+                plain = head + tail
+                if plain.count(",") != commas or '"' in plain or "\n" in plain or "\r" in plain:
+                    unusual.append(len(lines))  # a name or hash that needs quoting: written below
+                details = canonical(details)
+                if details is None:
+                    details = ""
+                elif '"' in details or "," in details:  # as _csv_text: canonical JSON holds no raw line break
+                    details = '"' + details.replace('"', '""') + '"'
+                lines.append(f"{head},{'' if duration is None else repr(duration)},{middle},{details},{tail}\n")
+                hashes.append(entry_hash)
+        if unusual:
+            seqs = {int(lines[index][: lines[index].index(",")]): index for index in unusual}
+            for row in rows.filter(seq__in=list(seqs)).values_list(*ROW_COLUMNS):
+                lines[seqs[row[1]]] = _csv_line(_record(row))
+        if lines:
+            yield lines, hashes
+        if len(lines) < limit:
+            return
+        last = int(lines[-1][: lines[-1].index(",")])  # the seq, the line's first field
+        # As many rows as make about BATCH_BYTES, whatever their size.
+        limit = max(100, min(POSTGRES_BATCH_ROWS, BATCH_BYTES * len(lines) // sum(map(len, lines))))
+
+
 def audit_export(*, fmt: str, filters: ExportFilters, entries=None) -> Iterator[str]:
-    """Yield the export line by line; the last line is the signed trailer. ``entries`` (the admin
-    list's queryset) replaces the selection by ``filters``, which are then only recorded."""
+    """Yield the export in pieces of whole lines (many at a time); the last piece is the signed
+    trailer line alone. ``entries`` (the admin list's queryset) replaces the selection by
+    ``filters``, which are then only recorded."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}")
     checkpoint = checkpoint_write(reason="export", force=True)
@@ -78,23 +201,12 @@ def audit_export(*, fmt: str, filters: ExportFilters, entries=None) -> Iterator[
         rows = rows.filter(seq__lte=checkpoint.seq)  # the export is of the trail as signed
     digest, count = hashlib.sha256(), 0
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        yield buffer.getvalue()
-    for row in rows.values_list(*ROW_COLUMNS).iterator(chunk_size=5000):
-        record = _record(row)
-        digest.update(record["entry_hash"].encode())
-        count += 1
-        if fmt == "jsonl":
-            yield canonical_json(record) + "\n"
-        else:
-            buffer.seek(0)
-            buffer.truncate()
-            writer.writerow(
-                ["" if record[name] is None else (canonical_json(record[name]) if name == "details" else record[name]) for name in COLUMNS]
-            )
-            yield buffer.getvalue()
+        yield ",".join(COLUMNS) + "\n"
+    batches = _csv_lines_postgresql(rows) if fmt == "csv" and connections[rows.db].vendor == "postgresql" else _lines(rows, fmt)
+    for lines, hashes in batches:
+        digest.update("".join(hashes).encode())
+        count += len(hashes)
+        yield "".join(lines)
     trailer = {"record": "chain_head", "filters": filters.as_dict(), "count": count, "rows_digest": digest.hexdigest()}
     if checkpoint is not None:
         signature, public = sign(export_message(count, digest.hexdigest(), checkpoint.seq, checkpoint.entry_hash))
@@ -147,10 +259,10 @@ def _read(path) -> tuple[list[dict], dict | None, int]:
                     except ValueError:
                         unreadable += 1
         else:
-            lines = [line for line in handle]
-            body = [line for line in lines if not line.startswith(TRAILER_MARK)]
-            trailer_lines = [line for line in lines if line.startswith(TRAILER_MARK)]
-            trailer = json.loads(trailer_lines[-1][len(TRAILER_MARK) :]) if trailer_lines else None
+            body = [line for line in handle]
+            # Only the last line is the trailer: a line of a quoted field may start like one.
+            if body and body[-1].startswith(TRAILER_MARK):
+                trailer = json.loads(body.pop()[len(TRAILER_MARK) :])
             for raw in csv.DictReader(body):
                 try:
                     if None in raw or None in raw.values():  # too many or too few fields

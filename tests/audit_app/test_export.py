@@ -19,6 +19,7 @@ from audit_app.models import AuditCheckpoint, AuditEntry
 from audit_app.services import Actor
 from audit_app.signing import public_key_hex, sign, signing_key
 from tests.support.audit import ENTRY_TABLE, entry_write, rows_bulk_insert, sql, triggers_dropped
+from tests.support.awkward import awkward_entries_write
 from tests.support.trails import cli
 
 pytestmark = pytest.mark.django_db
@@ -65,10 +66,13 @@ def export_to(path, fmt: str, filters: ExportFilters | None = None):
 
 def read_export(path) -> tuple[list[dict], dict | None]:
     """The export's rows (as text) and its trailer, read independently of the product's reader."""
-    text = path.read_text(encoding="utf-8")
-    body, _, trailer = text.partition(TRAILER_MARK + " ")
+    with open(path, encoding="utf-8", newline="") as handle:
+        text = handle.read()
+    body, mark, trailer = text.rpartition(TRAILER_MARK + " ")
+    if not mark:
+        body, trailer = text, ""
     if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in body.splitlines() if line]
+        rows = [json.loads(line) for line in body.split("\n") if line]
     else:
         rows = list(csv.DictReader(io.StringIO(body, newline="")))
     return rows, json.loads(trailer) if trailer else None
@@ -180,6 +184,40 @@ def test_export_command_writes_csv_with_repeated_events(evidence, tmp_path):
 
 def test_export_command_needs_an_output(evidence):
     assert cli("audit", "export", "--format", "csv").code == 2
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_of_awkward_values_verifies_and_reads_back_exactly_as_stored(tmp_path, fmt):
+    # Separators, quotes, line breaks (a lone carriage return too, which a CSV reader takes for the
+    # end of a row unless it is quoted), control characters, non-ASCII text, floats in exponent form.
+    written = awkward_entries_write()
+    path = export_to(tmp_path / f"trail.{fmt}", fmt)
+
+    check = audit_export_verify(path)
+    rows, _ = read_export(path)
+
+    assert (check.ok, check.rows, check.problems) == (True, len(written), [])
+    for row, entry in zip(rows, written, strict=True):
+        assert (row["reason"], row["error"], row["rollback_error"], row["actor"], row["target"]) == (
+            entry.reason,
+            entry.error,
+            entry.rollback_error,
+            entry.actor,
+            entry.target,
+        )
+        assert (json.loads(row["details"]) if fmt == "csv" else row["details"]) == entry.details
+        assert (float(row["duration_ms"]) if row["duration_ms"] not in ("", None) else None) == entry.duration_ms
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_text_that_looks_like_a_trailer_inside_a_row_is_only_text(evidence, tmp_path, fmt):
+    forged = f'{TRAILER_MARK} {{"record": "chain_head", "count": 0}}'
+    entry_write("change.failed", change_id="c-forge", reason=f"line one\n{forged}\nline three")
+    path = export_to(tmp_path / f"trail.{fmt}", fmt)
+
+    check = audit_export_verify(path)
+
+    assert (check.ok, check.rows, check.problems) == (True, 13, [])
 
 
 # -- checking an export -------------------------------------------------------------------------------
@@ -360,14 +398,17 @@ def test_old_export_reveals_entries_removed_from_the_trail_since(evidence, tmp_p
     assert audit_export_verify(path, against_trail=False).ok
 
 
-def test_export_is_of_the_trail_as_signed_at_its_start(evidence, tmp_path):
-    lines = audit_export(fmt="jsonl", filters=ExportFilters())
-    first = next(lines)  # the checkpoint is signed when the export starts
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_is_of_the_trail_as_signed_at_its_start(evidence, tmp_path, fmt):
+    pieces = audit_export(fmt=fmt, filters=ExportFilters())
+    first = next(pieces)  # the checkpoint is signed when the export starts
     entry_write("run.finished")
-    rest = list(lines)
+    path = tmp_path / f"trail.{fmt}"
+    path.write_text("".join([first, *pieces]), encoding="utf-8")
 
-    rows = [json.loads(line) for line in [first, *rest[:-1]]]
+    rows, trailer = read_export(path)
     assert seqs(rows) == [entry.seq for entry in evidence.all]
+    assert trailer["count"] == len(evidence.all)
 
 
 # -- constant memory ----------------------------------------------------------------------------------
@@ -379,10 +420,11 @@ def _resident(key: str) -> int:
 
 
 @pytest.mark.slow
-def test_export_streams_in_constant_memory():
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_streams_in_constant_memory(fmt):
     # The peak resident size of this process, reset before the export (Linux clear_refs), is measured
     # instead of tracemalloc's peak, which multiplies the export's time by about seven. Holding every
-    # line in memory peaks at more than the export's size; streaming stays at one fetched chunk.
+    # line in memory peaks at more than the export's size; streaming stays at one batch of lines.
     count = 80_000
     rows_bulk_insert(count)
     gc.collect()
@@ -391,13 +433,15 @@ def test_export_streams_in_constant_memory():
     baseline = _resident("VmRSS")
 
     started = time.perf_counter()
-    size = exported = 0
-    for line in audit_export(fmt="jsonl", filters=ExportFilters(environment="bulk")):
-        size += len(line)
-        exported += 1
+    size = lines = largest = 0
+    for piece in audit_export(fmt=fmt, filters=ExportFilters(environment="bulk")):
+        size += len(piece)
+        lines += piece.count("\n")
+        largest = max(largest, len(piece))
     elapsed = time.perf_counter() - started
     growth = _resident("VmHWM") - baseline
 
-    assert exported == count + 1
-    assert size > 80_000_000
+    assert lines == count + (2 if fmt == "csv" else 1)  # the rows, the trailer and the CSV header
+    assert size > count * 500
+    assert largest < size / 4  # pieces of a batch, not the whole export
     assert growth < size / 2, f"peak grew by {growth / 1e6:.1f} MB for {size / 1e6:.1f} MB exported in {elapsed:.1f} s"

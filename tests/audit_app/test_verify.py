@@ -4,10 +4,15 @@ a forged checkpoint), by the service and by the command (exit code 6); ``--from-
 what follows the last signed checkpoint; each verification is stored, audited and, from the daily
 task, mailed to the admins when the chain is broken."""
 
+import json
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from django.db import transaction
+from django.db import connection, transaction
+from hypothesis import given
+from hypothesis import strategies as st
 
+from audit_app.chain import TEXT_ROW_SQL, canonical_json, entry_hash_of_row, entry_hash_of_text_row, json_text_canonical
 from audit_app.integrity import audit_verify, checkpoint_write
 from audit_app.models import AuditCheckpoint, AuditEntry, Verification
 from audit_app.signing import checkpoint_message, key_id, public_key_hex, sign, signing_key
@@ -16,11 +21,14 @@ from tests.support.audit import (
     CHECKPOINT_TABLE,
     ENTRY_TABLE,
     chain_rewrite,
+    chain_rows,
     entries_write,
     head_rewind,
+    rows_bulk_insert,
     sql,
     triggers_dropped,
 )
+from tests.support.awkward import awkward_entries_write
 from tests.support.trails import cli
 
 pytestmark = pytest.mark.django_db
@@ -444,3 +452,72 @@ def test_parallel_verification_agrees_and_names_the_first_broken_entry():
     assert not tampered.ok
     assert tampered.problem.seq == 17
     assert audit_verify(workers=1).problem.seq == 17
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parallel_verification_finds_a_broken_link_between_two_ranges():
+    entries_write(30)
+    with triggers_dropped():
+        sql(f"UPDATE {ENTRY_TABLE} SET prev_hash = %s WHERE seq = 16", ["f" * 64])  # the first entry of the second range
+
+    report = audit_verify(workers=2)
+
+    assert (report.ok, report.problem.seq) == (False, 16)
+    assert "does not link to entry #15" in report.problem.message
+
+
+# -- values a serialisation can get wrong -------------------------------------------------------------
+
+
+def test_awkward_values_verify_and_an_edit_among_them_is_found():
+    written = awkward_entries_write()
+
+    assert audit_verify().ok
+    with triggers_dropped():
+        sql(f"UPDATE {ENTRY_TABLE} SET details = %s WHERE id = %s", ['{"s": "other"}', written[5].pk])
+    assert broken(audit_verify()) == (written[5].seq, written[5].pk)
+
+
+@pytest.mark.postgres
+def test_rows_read_as_text_hash_as_the_rows_django_reads():
+    # The verifier reads PostgreSQL's text of the timestamp, the run id and the details instead of
+    # Django's datetime, UUID and dict: the hash must come out the same for every kind of value.
+    awkward_entries_write()
+    entries_write(3, change_id="c-1", target="app-db")
+    columns = ", ".join(expression for expression, _ in TEXT_ROW_SQL)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {columns} FROM {ENTRY_TABLE} WHERE seq IS NOT NULL ORDER BY seq")
+        text_rows = cursor.fetchall()
+
+    rows = chain_rows()
+
+    assert len(text_rows) == len(rows) == 10
+    assert [entry_hash_of_text_row(row) for row in text_rows] == [entry_hash_of_row(row) for row in rows] == [row[4] for row in rows]
+
+
+@pytest.mark.postgres
+def test_verification_stopped_at_a_problem_leaves_the_transaction_usable(trail):
+    # Megabytes of rows after the first broken one: the server is still sending them when the
+    # verifier stops. Cancelling the statement would abort the transaction the verifier runs in.
+    rows_bulk_insert(30_000)  # rows that do not link to the trail
+
+    assert broken(audit_verify(workers=1)) == (11, AuditEntry.objects.get(seq=11).pk)
+    assert AuditEntry.objects.count() == 30_010
+    assert audit_verify(workers=1).problem.seq == 11
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(JSON_VALUES)
+def test_canonical_text_of_json_text_is_the_canonical_json_of_its_value(value):
+    text = json.dumps(value, ensure_ascii=False)
+    expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    assert canonical_json(value) == expected
+    assert json_text_canonical(text) == (None if value is None else canonical_json(json.loads(text)))
+    assert json_text_canonical(f" {text} ") == json_text_canonical(text)

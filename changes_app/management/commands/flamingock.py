@@ -475,7 +475,7 @@ class Command(BaseCommand):
         return EXIT_OK
 
     def do_audit_export(self, options) -> int:
-        from audit_app.export import ExportFilters, audit_export
+        from audit_app.export import TRAILER_MARK, ExportFilters, audit_export
 
         if not options.get("output"):
             raise Exit(EXIT_USAGE, "audit export needs --output FILE (or '-' for standard output)")
@@ -493,12 +493,10 @@ class Command(BaseCommand):
             for line in lines:
                 sys.stdout.write(line)
             return EXIT_OK
-        count = -1  # the header or trailer line is not a row
         with open(options["output"], "w", encoding="utf-8", newline="") as handle:
-            for line in lines:
-                handle.write(line)
-                count += 1
-        rows = count if options["export_format"] == "jsonl" else count - 1
+            for piece in lines:
+                handle.write(piece)
+        rows = json.loads(piece[len(TRAILER_MARK) :])["count"]  # the last piece is the trailer line
         self.stderr.write(f"exported {rows} entries to {options['output']} ({options['export_format']}), ending with the signed chain head")
         return EXIT_OK
 

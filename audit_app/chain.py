@@ -90,8 +90,22 @@ def _canonical_acyclic(value: Any) -> str:
 
 
 def normalise_details(details: dict) -> dict:
-    """The details as they will read back from the database (JSON round trip)."""
-    return json.loads(canonical_json(details or {}))
+    """The details as they will read back from the database (JSON round trip): a float ``-0.0``
+    reads back as ``0.0`` and an integral float from 1e16 up as an integer (PostgreSQL's jsonb
+    keeps numbers as decimals), so they are stored that way and hash the same before and after."""
+    return _json_numbers(json.loads(canonical_json(details or {})))
+
+
+def _json_numbers(value: Any) -> Any:
+    if isinstance(value, float):
+        if value == 0:
+            return 0.0
+        return int(value) if value.is_integer() and abs(value) >= 1e16 else value
+    if isinstance(value, dict):
+        return {key: _json_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_numbers(item) for item in value]
+    return value
 
 
 def timestamp_text(value: datetime) -> str:

@@ -124,7 +124,7 @@ def audit_record(
         host=actor.host,
         pid=actor.pid,
         fencing_token=fence.token if fence is not None else None,
-        duration_ms=duration_ms,
+        duration_ms=0.0 if duration_ms == 0 else duration_ms,  # -0.0 reads back as 0.0
         reason=redact(reason),
         error=redact(error),
         rollback_error=redact(rollback_error),

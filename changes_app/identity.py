@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import os
+from datetime import timedelta
 
 from django.db import transaction
 from django.db.models import Q
@@ -70,19 +71,29 @@ def _token_audit(event: str, token: ApiToken, actor: Actor) -> None:
     )
 
 
+#: How stale a token's ``last_used_at`` may be: writing it on every API request would make each read
+#: a write transaction (a commit, a WAL flush); once a minute tells an operator as much.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
 def token_user(key: str):
-    """The active user of a valid, unrevoked, unexpired token, or ``None``."""
+    """The active user of a valid, unrevoked, unexpired token, or ``None``.
+
+    The key is looked up by its SHA-256 hash (the key itself is never compared), in the request, so
+    a revocation or an expiry holds from the next request on."""
     if not key:
         return None
+    now = timezone.now()
     token = (
         ApiToken.objects.select_related("user")
         .filter(key_hash=ApiToken.hash_key(key), revoked_at__isnull=True, user__is_active=True)
-        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
         .first()
     )
     if token is None:
         return None
-    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return token.user
 
 

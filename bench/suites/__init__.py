@@ -2,4 +2,9 @@
 
 SUITES = [
     "bench.suites.pipeline_scale",
+    "bench.suites.audit_admin",
+    "bench.suites.audit_bulk",
+    "bench.suites.run_start",
+    "bench.suites.lock_cycles",
+    "bench.suites.api_latency",
 ]

@@ -306,9 +306,10 @@ def _write_postgres(entry: AuditEntry, *, fence: Fence | None, expected: Any, pr
         run_id = values[_WRITTEN_INDEX["run_id"]]
         params += [entry.change_id, entry.state, entry.checksum, run_id, entry.stage, entry.order, entry.target, int(applied)]
     sql = f"WITH {', '.join(ctes)} SELECT c.fenced, c.current, e.id, e.seq, e.prev_hash, e.entry_hash, e.created_at, (SELECT count(*) FROM h) FROM c LEFT JOIN e ON true"
-    # In pipeline mode psycopg sends the transaction's BEGIN (when this entry opens it) in the same
-    # round trip as the statement: a standalone entry costs two round trips (this, COMMIT), not three.
-    with _prepared_cursor(connection) as cursor, connection.connection.pipeline():
+    # Not in psycopg's pipeline mode, though it would save a standalone entry its BEGIN round trip:
+    # after a pipelined statement PostgreSQL did not end the transaction when it sat idle past
+    # idle_in_transaction_session_timeout, and a paused lock holder must be cut off (test_chaos).
+    with _prepared_cursor(connection) as cursor:
         cursor.execute(sql, params)
         is_fenced, current_entry, pk, seq, prev_hash, digest, created_at, heads = cursor.fetchone()
         if pk is None and is_fenced and heads == 0:  # no chain head yet (the migration creates it; this is the fallback)

@@ -331,20 +331,19 @@ def _write_postgres(entry: AuditEntry, *, fence: Fence | None, expected: Any, pr
     entry._state.db = using
 
 
-def _chain(entry: AuditEntry, *, using: str, head: tuple | None = None) -> None:
-    """Lock the chain head and link the entry to it: sequence, previous hash, time, own hash.
+def _chain(entry: AuditEntry, *, using: str) -> None:
+    """SQLite: link the entry to the chain head: sequence, previous hash, time, own hash. (PostgreSQL
+    does all of it in the writer's one statement, :func:`_write_postgres`.)
 
-    The head stays locked until the caller's transaction commits, so writers never fork the
-    chain; it is taken last, after any fence check and state re-read, to be held only briefly.
+    The IMMEDIATE transaction holds the database's only write lock until the caller commits, so
+    writers never fork the chain.
     """
-    row = head
-    if row is None:
-        connection = connections[using]
-        with connection.cursor() as cursor:
-            row = _head_row(cursor, connection.vendor)
-            if row is None:
-                cursor.execute(_HEAD_CREATE[connection.vendor], [GENESIS_HASH])
-                row = _head_row(cursor, connection.vendor)
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        row = _head_row(cursor)
+        if row is None:
+            cursor.execute(_HEAD_CREATE[connection.vendor], [GENESIS_HASH])
+            row = _head_row(cursor)
     seq, previous, now = row
     entry.seq = seq + 1
     entry.prev_hash = previous
@@ -360,14 +359,8 @@ _HEAD_CREATE = {
 }
 
 
-def _head_row(cursor, vendor: str):
-    table = ChainHead._meta.db_table
-    if vendor == "postgresql":
-        # The database clock, read under the head lock: timestamps follow the chain's order.
-        cursor.execute(f"SELECT seq, entry_hash, clock_timestamp() FROM {table} WHERE id = 1 FOR UPDATE")
-        return cursor.fetchone()
-    # SQLite: the IMMEDIATE transaction already holds the only write lock.
-    cursor.execute(f"SELECT seq, entry_hash, NULL FROM {table} WHERE id = 1")
+def _head_row(cursor):
+    cursor.execute(f"SELECT seq, entry_hash, NULL FROM {ChainHead._meta.db_table} WHERE id = 1")
     return cursor.fetchone()
 
 

@@ -7,6 +7,9 @@ import sys
 
 def main():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flamingock_site.settings")
+    if sys.argv[1:2] == ["flamingock"]:
+        # The command line starts without the apps it never uses (settings.FLAMINGOCK_CLI).
+        os.environ.setdefault("FLAMINGOCK_CLI", "1")
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

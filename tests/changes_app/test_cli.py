@@ -1,6 +1,9 @@
 """``manage.py flamingock`` (DOMAIN §10): every subcommand's JSON, its exit codes and their precedence,
 and the step-by-step guidance of ``issues get``."""
 
+import json
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
 
@@ -11,6 +14,7 @@ from audit_app.models import AuditEntry
 from changes_app import services
 from changes_app.locks import lock_backend
 from changes_app.models import Run
+from tests.conftest import REPO, manage
 from tests.support.trails import cli, crash_run, journal_change, ledger, local_operator, python_sql_change, run_pipeline, sql_change, written
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -464,3 +468,28 @@ def test_lock_status_json_shows_the_holder(make_pipeline, unique):
     assert {"name", "run_id", "holder", "host", "pid", "token", "since", "expires_at", "expired"} <= set(held.json()["holder"])
     assert (held.json()["holder"]["holder"], held.json()["holder"]["token"]) == ("holder-x", lease.token)
     assert "held by holder-x" in cli("lock", "status").out
+
+
+# -- a lean command line -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_command_line_starts_without_celery_and_django_celery_beat(make_pipeline, unique, subprocess_env):
+    """``manage.py flamingock`` never touches the periodic tasks: it leaves django-celery-beat out
+    (settings.FLAMINGOCK_CLI), and with it Celery and the time-zone table, yet plans as before."""
+    make_pipeline({"s": {"0001_c.yaml": sql_change(f"c-{unique}", *table(unique))}})
+    command = [sys.executable, "-X", "importtime", str(REPO / "manage.py"), "flamingock", "plan", "--json"]
+    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [item["id"] for item in json.loads(result.stdout)["changes"]] == [f"c-{unique}"]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert len(imported) > 100  # the probe works: Django's own modules are listed
+    assert not {name for name in imported if name.split(".")[0] in {"celery", "kombu", "django_celery_beat", "timezone_field"}}
+
+
+@pytest.mark.slow
+def test_every_other_command_keeps_django_celery_beat(subprocess_env):
+    probe = "from django.apps import apps; print(apps.is_installed('django_celery_beat'))"
+    result = manage("shell", "--no-imports", "-c", probe, env=subprocess_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"

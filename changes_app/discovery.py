@@ -21,7 +21,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
 from django.apps import apps
 from django.conf import settings
 from django.core.signals import setting_changed
@@ -110,6 +109,11 @@ def _display_directory(directory: Path) -> str:
         return str(directory)
 
 
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as file:
+        return file.read()
+
+
 class _Loader:
     def __init__(self, environment_targets: dict[str, TargetSystem]):
         self.targets = environment_targets
@@ -125,21 +129,21 @@ class _Loader:
         except Exception as error:  # the package itself is broken: report, do not crash discovery
             self.problem("stage-import", f"stage {name!r}: cannot import {package!r}: {error}")
             return stage
-        shown_directories: dict[Path, str] = {}
-        files = sorted(
-            # scandir reads the file type from the directory itself: no stat() per file.
-            {Path(entry.path) for directory in getattr(module, "__path__", []) for entry in os.scandir(directory) if entry.is_file()},
-            key=lambda path: path.name,
-        )
-        for path in files:
-            if path.name.startswith(("_", ".")) or path.suffix not in {".py", ".yaml", ".yml"}:
+        # Plain strings, not Path objects: with thousands of changes, building paths cost more than
+        # reading the files. scandir reads the file type from the directory itself: no stat() per file.
+        files: dict[str, tuple[str, str]] = {}  # path -> (name, directory as shown in problems)
+        for directory in getattr(module, "__path__", []):
+            shown_directory = _display_directory(Path(directory))
+            for entry in os.scandir(directory):
+                if entry.is_file() and entry.path not in files:
+                    files[entry.path] = (entry.name, shown_directory)
+        for path, (file_name, shown_directory) in sorted(files.items(), key=lambda item: item[1][0]):
+            if file_name.startswith(("_", ".")) or os.path.splitext(file_name)[1] not in {".py", ".yaml", ".yml"}:
                 continue
-            if path.parent not in shown_directories:
-                shown_directories[path.parent] = _display_directory(path.parent)
-            shown = str(Path(shown_directories[path.parent]) / path.name)
-            match = FILE_NAME.match(path.name)
+            shown = file_name if shown_directory == "." else os.path.join(shown_directory, file_name)
+            match = FILE_NAME.match(file_name)
             if not match:
-                self.problem("bad-order", f"file name {path.name!r} must start with a numeric order prefix, like 0001_name", shown, 1)
+                self.problem("bad-order", f"file name {file_name!r} must start with a numeric order prefix, like 0001_name", shown, 1)
                 continue
             loader = self.load_python if match["ext"] == "py" else self.load_yaml
             change = loader(stage, package, path, shown, match["order"])
@@ -195,8 +199,8 @@ class _Loader:
             "environments": environments,
         }
 
-    def load_python(self, stage: Stage, package: str, path: Path, shown: str, prefix: str) -> ChangeDefinition | None:
-        module_name = f"{package}.{path.stem}"
+    def load_python(self, stage: Stage, package: str, path: str, shown: str, prefix: str) -> ChangeDefinition | None:
+        module_name = f"{package}.{os.path.splitext(os.path.basename(path))[0]}"
         try:
             module = importlib.import_module(module_name)
         except SyntaxError as error:
@@ -216,7 +220,7 @@ class _Loader:
             self.problem("change-class", f"a change module defines exactly one Change subclass (found: {found})", shown, 1)
             return None
         cls = classes[0]
-        source = path.read_text(encoding="utf-8")
+        source = _read_text(path)
         found = next((match for match in CLASS_LINE.finditer(source) if match.group(1) == cls.__name__), None)
         line = source.count("\n", 0, found.start()) + 1 if found else 1
         values = {
@@ -264,8 +268,10 @@ class _Loader:
             steps=code_steps(cls()),
         )
 
-    def load_yaml(self, stage: Stage, package: str, path: Path, shown: str, prefix: str) -> ChangeDefinition | None:
-        source = path.read_text(encoding="utf-8")
+    def load_yaml(self, stage: Stage, package: str, path: str, shown: str, prefix: str) -> ChangeDefinition | None:
+        import yaml  # here, not at start-up: a pipeline of Python changes never needs it
+
+        source = _read_text(path)
         try:
             node = yaml.compose(source, Loader=yaml.SafeLoader)
             document = yaml.safe_load(source)

@@ -1,12 +1,17 @@
 """The writer's one statement on PostgreSQL leaves the session as any statement would."""
 
+import contextlib
+import tempfile
 import time
+import uuid
 
+import psycopg
 import pytest
 from django.db import DatabaseError, connection, transaction
 
+from audit_app.integrity import audit_verify
 from audit_app.models import AuditEntry
-from audit_app.services import Actor, audit_record
+from audit_app.services import Actor, ChangeRef, StateMoved, audit_record
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -34,3 +39,52 @@ def test_the_prepared_statement_is_logged_with_its_values_in_debug_mode(settings
         audit_record(event="test.logged", actor=Actor(name="tester"), environment="dev")
     written = [query["sql"] for query in queries.captured_queries if "audit_app_auditentry" in (query["sql"] or "")]
     assert written and "'test.logged'" in written[0]
+
+
+@contextlib.contextmanager
+def wire():
+    """What the session sends and receives, from libpq's own trace of the connection."""
+    connection.ensure_connection()
+    pgconn = connection.connection.pgconn
+    with tempfile.TemporaryFile() as file:
+        pgconn.trace(file.fileno())
+        pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE)
+        messages: list[str] = []
+        try:
+            yield messages
+        finally:
+            pgconn.untrace()
+            file.seek(0)
+            messages += file.read().decode().splitlines()
+
+
+def round_trips(messages: list[str]) -> int:
+    return sum(1 for message in messages if "\tReadyForQuery\t" in message)
+
+
+def test_an_entry_of_its_own_is_one_round_trip_with_no_begin_or_commit():
+    """Outside a transaction the writer's one statement is its own transaction (autocommit)."""
+    audit_record(event="test.warm", actor=Actor(name="tester"), environment="dev")  # prepares the statement
+    with wire() as messages:
+        entry = audit_record(event="test.alone", actor=Actor(name="tester"), environment="dev")
+    assert round_trips(messages) == 1, messages
+    assert not [message for message in messages if '"BEGIN"' in message or '"COMMIT"' in message]
+    assert messages[-1].endswith("ReadyForQuery\t I")  # idle: committed, no transaction left open
+    assert AuditEntry.objects.get(pk=entry.pk).entry_hash == entry.entry_hash
+    assert audit_verify(workers=1).ok
+
+
+def test_a_refused_entry_of_its_own_writes_nothing():
+    change = ChangeRef(id=f"c-{uuid.uuid4().hex[:8]}")
+    audit_record(event="change.started", actor=Actor(name="tester"), environment="dev", change=change, state="STARTED", expected_entry_id=None)
+    before = AuditEntry.objects.count()
+    with pytest.raises(StateMoved):
+        audit_record(event="change.applied", actor=Actor(name="tester"), environment="dev", change=change, state="APPLIED", expected_entry_id=None)
+    assert AuditEntry.objects.count() == before
+    assert audit_verify(workers=1).ok
+
+
+def test_inside_a_transaction_the_entry_commits_with_it():
+    with wire() as messages, transaction.atomic():
+        audit_record(event="test.inside", actor=Actor(name="tester"), environment="dev")
+    assert [message for message in messages if '"COMMIT"' in message]

@@ -257,6 +257,47 @@ class _LoggedOps:
         return getattr(self._ops, name)
 
 
+@functools.lru_cache(maxsize=64)
+def _statement(vendor: str, fence_sql: str | None, checked: bool, project: bool) -> str:
+    """The writer's statement for one shape of entry (fenced or not, state-checked or not, projected
+    or not), built once: its text depends on nothing else. Parameters, in order: the fence's, the
+    change id and the expected entry (checked), the hash tail, the written columns, the projection's."""
+    connection = next(connection for connection in connections.all() if connection.vendor == vendor)
+    quote = connection.ops.quote_name
+    ctes: list[str] = []
+    fenced = "true"
+    if fence_sql is not None:
+        ctes.append(f"f AS ({fence_sql} RETURNING 1)")
+        fenced = "EXISTS (SELECT 1 FROM f)"
+    current, state_ok = "NULL::bigint", "true"
+    if checked:
+        ctes.append(f"st AS (SELECT entry_id FROM {ChangeState._meta.db_table} WHERE change_id = %s FOR UPDATE)")
+        current = "(SELECT entry_id FROM st)"
+        state_ok = "c.current IS NOT DISTINCT FROM %s::bigint"
+    head = ChainHead._meta.db_table
+    ctes.append(f"h AS (SELECT seq, entry_hash FROM {head} WHERE id = 1 FOR UPDATE)")
+    ctes.append(f"c AS (SELECT {fenced} AS fenced, {current} AS current)")
+    ctes.append(f"v AS (SELECT h.seq + 1 AS seq, h.entry_hash AS prev, clock_timestamp() AS ts FROM h, c WHERE c.fenced AND {state_ok})")
+    ctes.append(f"x AS (SELECT v.seq, v.prev, v.ts, {_HASH_SQL} AS hash FROM v)")
+    columns = ", ".join(quote(field.column) for field in _WRITTEN)
+    ctes.append(
+        f"e AS (INSERT INTO {AuditEntry._meta.db_table} (seq, hash_version, prev_hash, entry_hash, created_at, {columns}) "
+        f"SELECT x.seq, {CHAIN_VERSION}, x.prev, x.hash, x.ts, {_placeholders(vendor)} FROM x "
+        f"RETURNING id, seq, prev_hash, entry_hash, created_at)"
+    )
+    ctes.append(f"hu AS (UPDATE {head} SET seq = e.seq, entry_hash = e.entry_hash, entry_id = e.id FROM e WHERE {head}.id = 1)")
+    if project:
+        table = ChangeState._meta.db_table
+        ctes.append(
+            f'p AS (INSERT INTO {table} (change_id, state, checksum, entry_id, run_id, stage, "order", target, applied_count, updated_at) '
+            f"SELECT %s::text, %s::text, %s::text, e.id, %s::uuid, %s::text, %s::text, %s::text, %s::integer, e.created_at FROM e "
+            f"ON CONFLICT (change_id) DO UPDATE SET state = EXCLUDED.state, checksum = EXCLUDED.checksum, entry_id = EXCLUDED.entry_id, "
+            f'run_id = EXCLUDED.run_id, stage = EXCLUDED.stage, "order" = EXCLUDED."order", target = EXCLUDED.target, '
+            f"applied_count = {table}.applied_count + EXCLUDED.applied_count, updated_at = EXCLUDED.updated_at)"
+        )
+    return f"WITH {', '.join(ctes)} SELECT c.fenced, c.current, e.id, e.seq, e.prev_hash, e.entry_hash, e.created_at, (SELECT count(*) FROM h) FROM c LEFT JOIN e ON true"
+
+
 def _write_postgres(entry: AuditEntry, *, fence: Fence | None, expected: Any, project: bool, applied: bool, using: str) -> None:
     """PostgreSQL: the whole entry in one statement, one round trip.
 
@@ -268,51 +309,22 @@ def _write_postgres(entry: AuditEntry, *, fence: Fence | None, expected: Any, pr
     chain's meaning.
     """
     connection = connections[using]
-    quote = connection.ops.quote_name
     params: list = []
-    ctes: list[str] = []
-    fenced = "true"
+    fence_sql = None
     if fence is not None:
         fence_sql, fence_params = fence.statement(using=using)
-        ctes.append(f"f AS ({fence_sql} RETURNING 1)")
         params += fence_params
-        fenced = "EXISTS (SELECT 1 FROM f)"
-    current, state_ok = "NULL::bigint", "true"
-    if expected is not UNCHECKED:
-        ctes.append(f"st AS (SELECT entry_id FROM {ChangeState._meta.db_table} WHERE change_id = %s FOR UPDATE)")
-        params.append(entry.change_id)
-        current = "(SELECT entry_id FROM st)"
-        state_ok = "c.current IS NOT DISTINCT FROM %s::bigint"
-    head = ChainHead._meta.db_table
-    ctes.append(f"h AS (SELECT seq, entry_hash FROM {head} WHERE id = 1 FOR UPDATE)")
-    ctes.append(f"c AS (SELECT {fenced} AS fenced, {current} AS current)")
-    ctes.append(f"v AS (SELECT h.seq + 1 AS seq, h.entry_hash AS prev, clock_timestamp() AS ts FROM h, c WHERE c.fenced AND {state_ok})")
-    if expected is not UNCHECKED:
-        params.append(expected)
-    ctes.append(f"x AS (SELECT v.seq, v.prev, v.ts, {_HASH_SQL} AS hash FROM v)")
+    checked = expected is not UNCHECKED
+    if checked:
+        params += [entry.change_id, expected]
     tail = _hash_tail(entry)
     params.append(tail)
-    columns = ", ".join(quote(field.column) for field in _WRITTEN)
     values = [getattr(entry, name) if field is None else field.get_db_prep_save(getattr(entry, name), connection) for name, field in _WRITTEN_PREP]
-    ctes.append(
-        f"e AS (INSERT INTO {AuditEntry._meta.db_table} (seq, hash_version, prev_hash, entry_hash, created_at, {columns}) "
-        f"SELECT x.seq, {CHAIN_VERSION}, x.prev, x.hash, x.ts, {_placeholders(connection.vendor)} FROM x "
-        f"RETURNING id, seq, prev_hash, entry_hash, created_at)"
-    )
     params += values
-    ctes.append(f"hu AS (UPDATE {head} SET seq = e.seq, entry_hash = e.entry_hash, entry_id = e.id FROM e WHERE {head}.id = 1)")
     if project:
-        table = ChangeState._meta.db_table
-        ctes.append(
-            f'p AS (INSERT INTO {table} (change_id, state, checksum, entry_id, run_id, stage, "order", target, applied_count, updated_at) '
-            f"SELECT %s::text, %s::text, %s::text, e.id, %s::uuid, %s::text, %s::text, %s::text, %s::integer, e.created_at FROM e "
-            f"ON CONFLICT (change_id) DO UPDATE SET state = EXCLUDED.state, checksum = EXCLUDED.checksum, entry_id = EXCLUDED.entry_id, "
-            f'run_id = EXCLUDED.run_id, stage = EXCLUDED.stage, "order" = EXCLUDED."order", target = EXCLUDED.target, '
-            f"applied_count = {table}.applied_count + EXCLUDED.applied_count, updated_at = EXCLUDED.updated_at)"
-        )
         run_id = values[_WRITTEN_INDEX["run_id"]]
         params += [entry.change_id, entry.state, entry.checksum, run_id, entry.stage, entry.order, entry.target, int(applied)]
-    sql = f"WITH {', '.join(ctes)} SELECT c.fenced, c.current, e.id, e.seq, e.prev_hash, e.entry_hash, e.created_at, (SELECT count(*) FROM h) FROM c LEFT JOIN e ON true"
+    sql = _statement(connection.vendor, fence_sql, checked, project)
     # Not in psycopg's pipeline mode, though it would save a standalone entry its BEGIN round trip:
     # after a pipelined statement PostgreSQL did not end the transaction when it sat idle past
     # idle_in_transaction_session_timeout, and a paused lock holder must be cut off (test_chaos).

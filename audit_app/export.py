@@ -243,58 +243,133 @@ def _typed(name: str, value: str):
     return value
 
 
-def _read(path) -> tuple[list[dict], dict | None, int]:
-    """The rows, the trailer, and how many rows could not be read (a file cut in a row)."""
-    records, trailer, unreadable = [], None, 0
-    with open(path, encoding="utf-8", newline="") as handle:
-        first = handle.readline()
-        handle.seek(0)
-        if first.startswith("{"):
-            for line in handle:
-                if line.startswith(TRAILER_MARK):
-                    trailer = json.loads(line[len(TRAILER_MARK) :])
-                elif line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except ValueError:
-                        unreadable += 1
-        else:
-            body = [line for line in handle]
-            # Only the last line is the trailer: a line of a quoted field may start like one.
-            if body and body[-1].startswith(TRAILER_MARK):
-                trailer = json.loads(body.pop()[len(TRAILER_MARK) :])
-            for raw in csv.DictReader(body):
+#: Rows named one by one in a check's problems; beyond them the problems say how many more.
+PROBLEMS_NAMED = 100
+#: Rows looked up at a time in the live trail.
+LIVE_BATCH = 5_000
+
+
+class _ExportReader:
+    """The rows of an export file, one at a time, in constant memory. ``trailer`` and ``unreadable``
+    (rows that could not be read: a file cut or damaged) are known once every row was read."""
+
+    def __init__(self, path):
+        self.path = path
+        self.trailer: dict | None = None
+        self.unreadable = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        with open(self.path, encoding="utf-8", newline="") as handle:
+            first = handle.readline()
+            handle.seek(0)
+            yield from self._jsonl(handle) if first.startswith("{") else self._csv(handle)
+
+    def _jsonl(self, handle) -> Iterator[dict]:
+        for line in handle:
+            if line.startswith(TRAILER_MARK):
+                self.trailer = json.loads(line[len(TRAILER_MARK) :])
+            elif line.strip():
                 try:
-                    if None in raw or None in raw.values():  # too many or too few fields
-                        raise ValueError(raw)
-                    records.append({name: _typed(name, raw[name]) for name in COLUMNS})
-                except (ValueError, KeyError):
-                    unreadable += 1
-    return records, trailer, unreadable
+                    record = json.loads(line)
+                except ValueError:
+                    self.unreadable += 1
+                    continue
+                yield record
+
+    def _csv(self, handle) -> Iterator[dict]:
+        for raw in csv.DictReader(self._body(handle)):
+            try:
+                if None in raw or None in raw.values():  # too many or too few fields
+                    raise ValueError(raw)
+                record = {name: _typed(name, raw[name]) for name in COLUMNS}
+            except (ValueError, KeyError):
+                self.unreadable += 1
+                continue
+            yield record
+
+    def _body(self, handle) -> Iterator[str]:
+        """Every line but the trailer. Only the last line is the trailer (a line of a quoted field
+        may start like one), so each line is passed on once the next one is read."""
+        previous = None
+        for line in handle:
+            if previous is not None:
+                yield previous
+            previous = line
+        if previous is not None:
+            if previous.startswith(TRAILER_MARK):
+                self.trailer = json.loads(previous[len(TRAILER_MARK) :])
+            else:
+                yield previous
+
+
+def _read(path) -> tuple[list[dict], dict | None, int]:
+    """The rows, the trailer, and how many rows could not be read, all in memory (small files)."""
+    reader = _ExportReader(path)
+    records = list(reader)
+    return records, reader.trailer, reader.unreadable
+
+
+class _RowProblems:
+    """The problems of single rows: the first :data:`PROBLEMS_NAMED` named, the rest counted."""
+
+    def __init__(self):
+        self.named: list[str] = []
+        self.more = 0
+
+    def add(self, problem: str) -> None:
+        if len(self.named) < PROBLEMS_NAMED:
+            self.named.append(problem)
+        else:
+            self.more += 1
+
+    def as_list(self) -> list[str]:
+        return self.named + ([f"... and {self.more} more problem(s) of single rows"] if self.more else [])
+
+
+def _first_difference_from_trail(rows: list[tuple[int, str]]) -> int | None:
+    """The first of these (seq, entry hash) whose live entry is missing or differs."""
+    live = dict(AuditEntry.objects.using(router.db_for_read(AuditEntry)).filter(seq__in=[seq for seq, _ in rows]).values_list("seq", "entry_hash"))
+    return next((seq for seq, digest in rows if live.get(seq) != digest), None)
 
 
 def audit_export_verify(path, *, public_key: str | None = None, against_trail: bool = True) -> ExportCheck:
     """Check an export: every row's hash, the signature over the rows (with the auditor's copy of
-    the public key if given), the links of a complete export, and optionally the live trail."""
-    problems: list[str] = []
-    records, trailer, unreadable = _read(path)
-    if unreadable:
-        problems.append(f"{unreadable} row(s) could not be read: the export was cut or damaged")
+    the public key if given), the links of a complete export, and optionally the live trail.
+
+    The file is read once, a row at a time, and the live trail looked up a batch of rows at a time:
+    memory stays the same whatever the export's size."""
+    reader = _ExportReader(path)
+    row_problems = _RowProblems()
     digest = hashlib.sha256()
     previous = None
-    for record in records:
+    rows = 0
+    pending: list[tuple[int, str]] = []
+    differs: int | None = None
+    for record in reader:
+        rows += 1
         fields = {name: record[name] for name in HASHED_FIELDS}
         created = datetime.fromisoformat(record["created_at"].replace("Z", "+00:00"))
         if entry_hash(record["seq"], record["prev_hash"], created, fields, version=record["hash_version"]) != record["entry_hash"]:
-            problems.append(f"row #{record['seq']}: its content does not match its hash (edited)")
+            row_problems.add(f"row #{record['seq']}: its content does not match its hash (edited)")
         if previous is not None and record["seq"] == previous["seq"] + 1 and record["prev_hash"] != previous["entry_hash"]:
-            problems.append(f"row #{record['seq']}: does not link to row #{previous['seq']}")
+            row_problems.add(f"row #{record['seq']}: does not link to row #{previous['seq']}")
         digest.update(record["entry_hash"].encode())
-        previous = record
+        previous = {"seq": record["seq"], "entry_hash": record["entry_hash"]}
+        if against_trail and differs is None:
+            pending.append((record["seq"], record["entry_hash"]))
+            if len(pending) >= LIVE_BATCH:
+                differs, pending = _first_difference_from_trail(pending), []
+    if against_trail and differs is None and pending:
+        differs = _first_difference_from_trail(pending)
+    trailer = reader.trailer
+    problems: list[str] = []
+    if reader.unreadable:
+        problems.append(f"{reader.unreadable} row(s) could not be read: the export was cut or damaged")
+    problems += row_problems.as_list()
     if trailer is None:
         problems.append("the export has no trailer: it was truncated")
     else:
-        if trailer.get("count") != len(records) or trailer.get("rows_digest") != digest.hexdigest():
+        if trailer.get("count") != rows or trailer.get("rows_digest") != digest.hexdigest():
             problems.append("the rows do not match the trailer: rows were added, removed or edited")
         checkpoint = trailer.get("checkpoint")
         key = public_key or trailer.get("public_key")
@@ -304,14 +379,6 @@ def audit_export_verify(path, *, public_key: str | None = None, against_trail: b
             message = export_message(trailer["count"], trailer["rows_digest"], checkpoint["seq"], checkpoint["entry_hash"])
             if not signature_valid(message, trailer.get("signature", ""), key):
                 problems.append("the export's signature is not valid for its rows and chain head")
-    if against_trail and records:
-        live = dict(
-            AuditEntry.objects.using(router.db_for_read(AuditEntry))
-            .filter(seq__in=[record["seq"] for record in records])
-            .values_list("seq", "entry_hash")
-        )
-        for record in records:
-            if live.get(record["seq"]) != record["entry_hash"]:
-                problems.append(f"row #{record['seq']} differs from the live trail")
-                break
-    return ExportCheck(ok=not problems, rows=len(records), problems=problems)
+    if differs is not None:
+        problems.append(f"row #{differs} differs from the live trail")
+    return ExportCheck(ok=not problems, rows=rows, problems=problems)

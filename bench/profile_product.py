@@ -346,6 +346,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True, help="where to write the JSON result")
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flamingock_site.settings")
+    os.environ.setdefault("FLAMINGOCK_CLI", "1")  # what manage.py sets for `flamingock` (settings.FLAMINGOCK_CLI)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     result = cprofile_measure(args.mode, args.cprofile) if args.cprofile else phases_measure(args.mode, args.size)

@@ -328,7 +328,11 @@ class _RowProblems:
 
 def _first_difference_from_trail(rows: list[tuple[int, str]]) -> int | None:
     """The first of these (seq, entry hash) whose live entry is missing or differs."""
-    live = dict(AuditEntry.objects.using(router.db_for_read(AuditEntry)).filter(seq__in=[seq for seq, _ in rows]).values_list("seq", "entry_hash"))
+    entries = AuditEntry.objects.using(router.db_for_read(AuditEntry))
+    low, high = min(seq for seq, _ in rows), max(seq for seq, _ in rows)
+    # A dense batch (an unfiltered export) is one index range scan; a sparse one is looked up by seq.
+    selected = entries.filter(seq__gte=low, seq__lte=high) if high - low < 4 * len(rows) else entries.filter(seq__in=[seq for seq, _ in rows])
+    live = dict(selected.values_list("seq", "entry_hash"))
     return next((seq for seq, digest in rows if live.get(seq) != digest), None)
 
 

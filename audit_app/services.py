@@ -136,7 +136,9 @@ def audit_record(
     if postgres and not accepts_checksum and connection.get_autocommit() and not connection.in_atomic_block:
         # An entry of its own: the writer's one statement is its own transaction (autocommit), one
         # round trip instead of BEGIN, the statement and COMMIT. It writes nothing when refused.
-        _write_postgres(entry, fence=fence, expected=expected_entry_id if check_state else UNCHECKED, project=bool(state), applied=applied, using=using)
+        _write_postgres(
+            entry, fence=fence, expected=expected_entry_id if check_state else UNCHECKED, project=bool(state), applied=applied, using=using
+        )
         return entry
     # No savepoint: inside a caller's transaction, a refusal must roll all of it back.
     with transaction.atomic(using=using, savepoint=False):

@@ -101,30 +101,27 @@ def measure(*, cycles: int, rounds: int, redis_url: str = REDIS_URL, warmup: int
             cursor.execute(f"INSERT INTO {SCRATCH_TABLE} (note) VALUES (%s)", [note])
 
     def commit_in_transaction(note: str) -> None:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(f"INSERT INTO {SCRATCH_TABLE} (note) VALUES (%s)", [note])
+        with transaction.atomic():
+            commit(note)
+
+    def peer_cycle(commit_with=None) -> None:
+        handle = client.lock(peer_key, timeout=60, blocking=False)
+        if not handle.acquire(blocking=False):
+            raise BenchmarkError("the peer lock was not free")
+        if commit_with:
+            commit_with("acquired")
+        handle.release()
+        if commit_with:
+            commit_with("released")
 
     def peer() -> None:
-        handle = client.lock(peer_key, timeout=60, blocking=False)
-        if not handle.acquire(blocking=False):
-            raise BenchmarkError("the peer lock was not free")
-        handle.release()
+        peer_cycle()
 
     def peer_commits() -> None:
-        handle = client.lock(peer_key, timeout=60, blocking=False)
-        if not handle.acquire(blocking=False):
-            raise BenchmarkError("the peer lock was not free")
-        commit("acquired")
-        handle.release()
-        commit("released")
+        peer_cycle(commit)
 
     def peer_tx_commits() -> None:
-        handle = client.lock(peer_key, timeout=60, blocking=False)
-        if not handle.acquire(blocking=False):
-            raise BenchmarkError("the peer lock was not free")
-        commit_in_transaction("acquired")
-        handle.release()
-        commit_in_transaction("released")
+        peer_cycle(commit_in_transaction)
 
     bodies = {"peer": peer, "product": product, "peer_commits": peer_commits, "product_audited": product_audited, "peer_tx_commits": peer_tx_commits}
     done = dict.fromkeys(bodies, 0)

@@ -278,7 +278,10 @@ def startup_benchmark(work: Workloads) -> Benchmark:
         size=0,
         title="Process start-up floor: interpreter, then django.setup() of each project (no database, no changes read)",
         build=build,
-        comparisons=[Comparison("manage.py version", "manage.py version (peer)"), Comparison("manage.py version (command line)", "manage.py version (peer)")],
+        comparisons=[
+            Comparison("manage.py version", "manage.py version (peer)"),
+            Comparison("manage.py version (command line)", "manage.py version (peer)"),
+        ],
         notes=[
             "The product installs admin, auth, guardian, django-celery-beat, DRF...; the peer project installs one app. "
             "`(command line)` is the start-up of `manage.py flamingock`, which leaves django-celery-beat out (docs/decisions.md)."

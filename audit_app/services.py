@@ -327,9 +327,9 @@ def _write_postgres(entry: AuditEntry, *, fence: Fence | None, expected: Any, pr
         run_id = values[_WRITTEN_INDEX["run_id"]]
         params += [entry.change_id, entry.state, entry.checksum, run_id, entry.stage, entry.order, entry.target, int(applied)]
     sql = _statement(connection.vendor, fence_sql, checked, project)
-    # Not in psycopg's pipeline mode, though it would save a standalone entry its BEGIN round trip:
-    # after a pipelined statement PostgreSQL did not end the transaction when it sat idle past
-    # idle_in_transaction_session_timeout, and a paused lock holder must be cut off (test_chaos).
+    # Not in psycopg's pipeline mode: after a pipelined statement PostgreSQL did not end the
+    # transaction when it sat idle past idle_in_transaction_session_timeout, and a paused lock holder
+    # must be cut off (test_chaos). An entry of its own needs no pipeline: it runs in autocommit.
     with _prepared_cursor(connection) as cursor:
         cursor.execute(sql, params)
         is_fenced, current_entry, pk, seq, prev_hash, digest, created_at, heads = cursor.fetchone()

@@ -88,3 +88,20 @@ def test_inside_a_transaction_the_entry_commits_with_it():
     with wire() as messages, transaction.atomic():
         audit_record(event="test.inside", actor=Actor(name="tester"), environment="dev")
     assert [message for message in messages if '"COMMIT"' in message]
+
+
+def test_a_hash_the_server_formatted_differently_stops_the_write_and_says_what_was_kept(monkeypatch):
+    """The Python re-check of the database's hash: inside a transaction nothing is kept; an entry of
+    its own has committed with its statement, and the error says so (audit verify reports it)."""
+    import audit_app.services as writer
+
+    monkeypatch.setattr(writer, "timestamp_text", lambda value: "not the server's format")
+    before = AuditEntry.objects.count()
+    with pytest.raises(AssertionError, match="nothing was written"):
+        with transaction.atomic():
+            audit_record(event="test.inside", actor=Actor(name="tester"), environment="dev")
+    assert AuditEntry.objects.count() == before
+
+    with pytest.raises(AssertionError, match="it was written and audit verify will report it"):
+        audit_record(event="test.alone", actor=Actor(name="tester"), environment="dev")
+    assert AuditEntry.objects.count() == before + 1

@@ -250,13 +250,22 @@ LIVE_BATCH = 5_000
 
 
 class _ExportReader:
-    """The rows of an export file, one at a time, in constant memory. ``trailer`` and ``unreadable``
-    (rows that could not be read: a file cut or damaged) are known once every row was read."""
+    """The rows of an export file, one at a time, in constant memory. ``trailer``, ``unreadable``
+    (rows that could not be read: a file cut or damaged) and ``trailer_damaged`` are known once
+    every row was read. Opening a file that is not there raises ``OSError``."""
 
     def __init__(self, path):
         self.path = path
         self.trailer: dict | None = None
+        self.trailer_damaged = False
         self.unreadable = 0
+
+    def _trailer_read(self, line: str) -> None:
+        try:
+            trailer = json.loads(line[len(TRAILER_MARK) :])
+        except ValueError:
+            trailer = None
+        self.trailer, self.trailer_damaged = (trailer, False) if isinstance(trailer, dict) else (None, True)
 
     def __iter__(self) -> Iterator[dict]:
         with open(self.path, encoding="utf-8", newline="") as handle:
@@ -267,7 +276,7 @@ class _ExportReader:
     def _jsonl(self, handle) -> Iterator[dict]:
         for line in handle:
             if line.startswith(TRAILER_MARK):
-                self.trailer = json.loads(line[len(TRAILER_MARK) :])
+                self._trailer_read(line)
             elif line.strip():
                 try:
                     record = json.loads(line)
@@ -297,16 +306,9 @@ class _ExportReader:
             previous = line
         if previous is not None:
             if previous.startswith(TRAILER_MARK):
-                self.trailer = json.loads(previous[len(TRAILER_MARK) :])
+                self._trailer_read(previous)
             else:
                 yield previous
-
-
-def _read(path) -> tuple[list[dict], dict | None, int]:
-    """The rows, the trailer, and how many rows could not be read, all in memory (small files)."""
-    reader = _ExportReader(path)
-    records = list(reader)
-    return records, reader.trailer, reader.unreadable
 
 
 class _RowProblems:
@@ -349,28 +351,36 @@ def audit_export_verify(path, *, public_key: str | None = None, against_trail: b
     rows = 0
     pending: list[tuple[int, str]] = []
     differs: int | None = None
-    for record in reader:
-        rows += 1
-        fields = {name: record[name] for name in HASHED_FIELDS}
-        created = datetime.fromisoformat(record["created_at"].replace("Z", "+00:00"))
-        if entry_hash(record["seq"], record["prev_hash"], created, fields, version=record["hash_version"]) != record["entry_hash"]:
-            row_problems.add(f"row #{record['seq']}: its content does not match its hash (edited)")
-        if previous is not None and record["seq"] == previous["seq"] + 1 and record["prev_hash"] != previous["entry_hash"]:
-            row_problems.add(f"row #{record['seq']}: does not link to row #{previous['seq']}")
-        digest.update(record["entry_hash"].encode())
-        previous = {"seq": record["seq"], "entry_hash": record["entry_hash"]}
-        if against_trail and differs is None:
-            pending.append((record["seq"], record["entry_hash"]))
-            if len(pending) >= LIVE_BATCH:
-                differs, pending = _first_difference_from_trail(pending), []
+    undecodable = False
+    try:
+        for record in reader:
+            rows += 1
+            fields = {name: record[name] for name in HASHED_FIELDS}
+            created = datetime.fromisoformat(record["created_at"].replace("Z", "+00:00"))
+            if entry_hash(record["seq"], record["prev_hash"], created, fields, version=record["hash_version"]) != record["entry_hash"]:
+                row_problems.add(f"row #{record['seq']}: its content does not match its hash (edited)")
+            if previous is not None and record["seq"] == previous["seq"] + 1 and record["prev_hash"] != previous["entry_hash"]:
+                row_problems.add(f"row #{record['seq']}: does not link to row #{previous['seq']}")
+            digest.update(record["entry_hash"].encode())
+            previous = record
+            if against_trail and differs is None:
+                pending.append((record["seq"], record["entry_hash"]))
+                if len(pending) >= LIVE_BATCH:
+                    differs, pending = _first_difference_from_trail(pending), []
+    except UnicodeDecodeError:
+        undecodable = True
     if against_trail and differs is None and pending:
         differs = _first_difference_from_trail(pending)
     trailer = reader.trailer
     problems: list[str] = []
+    if undecodable:
+        problems.append(f"the export is not UTF-8 text after row {rows}: it was damaged")
     if reader.unreadable:
         problems.append(f"{reader.unreadable} row(s) could not be read: the export was cut or damaged")
     problems += row_problems.as_list()
-    if trailer is None:
+    if reader.trailer_damaged:
+        problems.append("the export's trailer could not be read: it was damaged")
+    elif trailer is None:
         problems.append("the export has no trailer: it was truncated")
     else:
         if trailer.get("count") != rows or trailer.get("rows_digest") != digest.hexdigest():

@@ -336,6 +336,45 @@ def test_truncated_export_without_its_trailer_fails(evidence, tmp_path, fmt):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+def test_a_damaged_trailer_is_a_problem_not_a_crash(evidence, tmp_path, fmt):
+    path = export_to(tmp_path / f"trail.{fmt}", fmt)
+    lines = lines_of(path)
+    path.write_text("".join(lines[:-1]) + lines[-1][: len(TRAILER_MARK) + 20] + "\n", encoding="utf-8")
+
+    check = audit_export_verify(path)
+    result = cli("audit", "verify-export", str(path))
+
+    assert check.rows == len(evidence.all)
+    assert check.problems == ["the export's trailer could not be read: it was damaged"]
+    assert result.code == 6
+    assert "the export's trailer could not be read: it was damaged" in result.out
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bytes_that_are_not_utf8_are_a_problem_not_a_crash(evidence, tmp_path, fmt):
+    path = export_to(tmp_path / f"trail.{fmt}", fmt)
+    data = path.read_bytes()
+    cut = data.index(b"\n", len(data) // 2) + 1
+    path.write_bytes(data[:cut] + b"\xff\xfe not text\n" + data[cut:])
+
+    check = audit_export_verify(path, against_trail=False)
+    result = cli("audit", "verify-export", str(path), "--offline")
+
+    assert not check.ok
+    assert any(problem.startswith("the export is not UTF-8 text after row ") for problem in check.problems)
+    assert result.code == 6
+
+
+def test_verify_export_of_a_file_that_is_not_there_is_a_usage_error(tmp_path):
+    missing = tmp_path / "nowhere.csv"
+
+    result = cli("audit", "verify-export", str(missing))
+
+    assert result.code == 2
+    assert f"cannot read {missing}: No such file or directory" in result.err
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("cut", [40, 200], ids=["in the last hash", "across fields"])
 def test_export_cut_in_the_middle_of_a_row_fails_with_a_clear_problem(evidence, tmp_path, fmt, cut):
     path = export_to(tmp_path / f"trail.{fmt}", fmt)

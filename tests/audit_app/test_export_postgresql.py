@@ -117,7 +117,8 @@ def test_export_of_awkward_values_verifies_and_reads_back_as_stored(trail, tmp_p
             handle.write(piece)
 
     check = audit_export_verify(path)
-    records, _, unreadable = export._read(path)
+    reader = export._ExportReader(path)
+    records, unreadable = list(reader), reader.unreadable
 
     assert (check.ok, check.problems, unreadable) == (True, [], 0)
     by_seq = {record["seq"]: record for record in records}

@@ -505,7 +505,10 @@ class Command(BaseCommand):
 
         if not options.get("file"):
             raise Exit(EXIT_USAGE, "usage: flamingock audit verify-export FILE [--public-key HEX] [--offline]")
-        check = audit_export_verify(options["file"], public_key=options.get("public_key"), against_trail=not options["offline"])
+        try:
+            check = audit_export_verify(options["file"], public_key=options.get("public_key"), against_trail=not options["offline"])
+        except OSError as error:
+            raise Exit(EXIT_USAGE, f"cannot read {options['file']}: {error.strerror or error}")
         self.emit(
             {"ok": check.ok, "rows": check.rows, "problems": check.problems},
             f"the export is intact: {check.rows} rows" if check.ok else "the export does NOT verify:\n" + "\n".join(f"  {p}" for p in check.problems),

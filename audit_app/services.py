@@ -104,7 +104,8 @@ def audit_record(
     (a failed undo of a marker change): the apply generation keying marker rows stays the same.
     """
     using = using or router.db_for_write(AuditEntry)
-    postgres = connections[using].vendor == "postgresql"
+    connection = connections[using]
+    postgres = connection.vendor == "postgresql"
     check_state = change is not None and expected_entry_id is not UNCHECKED
     change = change or ChangeRef(id="")
     entry = AuditEntry(
@@ -132,7 +133,6 @@ def audit_record(
     )
     applied = (state in APPLIED_STATES if counts_as_apply is None else counts_as_apply) if state else False
     accepts_checksum = not state and change.id and event == "change.checksum_accepted"
-    connection = connections[using]
     if postgres and not accepts_checksum and connection.get_autocommit() and not connection.in_atomic_block:
         # An entry of its own: the writer's one statement is its own transaction (autocommit), one
         # round trip instead of BEGIN, the statement and COMMIT. It writes nothing when refused.

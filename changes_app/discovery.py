@@ -25,6 +25,7 @@ from django.apps import apps
 from django.conf import settings
 from django.core.signals import setting_changed
 
+from . import collector
 from .change_templates import PAYLOAD_KEYS, templates
 from .checksums import checksum_document, checksum_text, pipeline_digest
 from .definitions import Change, ChangeDefinition, Recovery, code_steps, parameter_names
@@ -382,7 +383,8 @@ def pipeline_load(*, reload: bool = False) -> Pipeline:
         if reload or _cached is None:
             if reload:
                 _forget_change_modules()
-            _cached = pipeline_discover()
+            with collector.paused():
+                _cached = pipeline_discover()
         return _cached
 
 

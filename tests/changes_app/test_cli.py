@@ -493,3 +493,23 @@ def test_every_other_command_keeps_django_celery_beat(subprocess_env):
     result = manage("shell", "--no-imports", "-c", probe, env=subprocess_env())
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
+
+
+@pytest.mark.slow
+def test_the_command_line_keeps_what_it_loaded_out_of_the_collectors_sight(make_pipeline, unique, subprocess_env):
+    """``manage.py flamingock`` starts with the cyclic collector off; once start-up and discovery
+    are done their objects are frozen and the collector is on for the command's own work
+    (changes_app/collector.py)."""
+    make_pipeline({"s": {"0001_c.yaml": sql_change(f"c-{unique}", *table(unique))}})
+    probe = (
+        "import gc, sys; sys.argv = ['manage.py', 'flamingock', 'plan', '--json']; import manage; manage.main(); "
+        "from changes_app.discovery import pipeline_load; import changes_app; "
+        "print('GC', gc.isenabled(), gc.get_freeze_count(), gc.is_tracked(changes_app.__dict__), len(pipeline_load().stages))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], env=subprocess_env(), capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f'"c-{unique}"' in result.stdout
+    enabled, frozen, _, stages = result.stdout.strip().splitlines()[-1].split()[1:]
+    assert enabled == "True"
+    assert int(frozen) > 10_000  # Django's models and the pipeline: tens of thousands of objects
+    assert stages == "1"

@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from audit_app.models import AuditEntry, ChangeState
-from changes_app import approvals, drift, services
+from changes_app import approvals, collector, drift, services
 from changes_app.discovery import pipeline_load
 from changes_app.governance import PermissionRefused
 from changes_app.guidance import issue_details
@@ -139,6 +139,7 @@ class Command(BaseCommand):
         token.add_argument("--id", type=int, help="the token to revoke")
 
     def handle(self, *args, **options):
+        collector.keep_loaded()  # manage.py started the command line with the collector off
         self.as_json = options.get("json", False)
         handler = getattr(self, "do_" + options["subcommand"].replace("-", "_"))
         try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
@@ -158,7 +158,7 @@ def catalogue_sync(*, pipeline: Pipeline | None = None) -> None:
         }
         row = existing.get(change.id)
         if row is None:
-            create.append(ChangeRecord(change_id=change.id, **values))
+            create.append({"change_id": change.id, **values})
         elif any(getattr(row, key) != value for key, value in values.items()):
             for key, value in values.items():
                 setattr(row, key, value)
@@ -167,12 +167,47 @@ def catalogue_sync(*, pipeline: Pipeline | None = None) -> None:
     gone = [row.pk for change_id, row in existing.items() if change_id not in pipeline.by_id and row.removed_at is None]
     if create or update or gone:
         with transaction.atomic():
-            ChangeRecord.objects.bulk_create(create, batch_size=500, ignore_conflicts=True)
+            if create:
+                _catalogue_insert(create, now=now)
             if update:
                 ChangeRecord.objects.bulk_update(update, [*fields, "synced_at"], batch_size=500)
             if gone:
                 ChangeRecord.objects.filter(pk__in=gone, removed_at__isnull=True).update(removed_at=now)
     _catalogue_synced[alias] = (weakref.ref(pipeline), _catalogue_stamp())
+
+
+def _catalogue_insert(rows: list[dict], *, now) -> None:
+    """New change records. On PostgreSQL a binary ``COPY``: Django's ``bulk_create`` prepared every
+    field of every row in Python, most of a first run's catalogue sync (80 ms at 1,000 changes).
+    ``COPY`` cannot skip a row that another process inserted meanwhile; then, or on another
+    database, the insert that skips conflicts does it."""
+    alias = ChangeRecord.objects.db
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        fields = [field for field in ChangeRecord._meta.concrete_fields if not field.primary_key]
+        values = {**{field.name: field.get_default() for field in fields}, "first_seen_at": now, "synced_at": now}
+        columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+        try:
+            with transaction.atomic(using=alias), connection.cursor() as cursor, connection.wrap_database_errors:
+                with cursor.cursor.copy(f"COPY {ChangeRecord._meta.db_table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types([_COPY_TYPES[field.get_internal_type()] for field in fields])
+                    for row in rows:
+                        copy.write_row([row.get(field.name, values[field.name]) for field in fields])
+            return
+        except IntegrityError:
+            pass  # another process mirrored some of them first: the savepoint undid the COPY
+    ChangeRecord.objects.bulk_create([ChangeRecord(**row) for row in rows], batch_size=500, ignore_conflicts=True)
+
+
+#: The PostgreSQL type each field of a change record is sent as by ``COPY``.
+_COPY_TYPES = {
+    "CharField": "text",
+    "TextField": "text",
+    "IntegerField": "int4",
+    "BooleanField": "bool",
+    "JSONField": "jsonb",
+    "DateTimeField": "timestamptz",
+}
 
 
 # -- lock store and worker start ------------------------------------------------------------------

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 
 import psycopg
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -75,6 +76,56 @@ def test_catalogue_sync_follows_an_edited_and_a_shrunk_pipeline(make_pipeline, u
     rows = {row.change_id: row for row in ChangeRecord.objects.filter(change_id__in=[first, second])}
     assert rows[first].has_rollback and rows[first].checksum == edited.by_id[first].checksum and rows[first].removed_at is None
     assert rows[second].removed_at is not None, "a change gone from code keeps its row, marked removed"
+
+
+def test_new_change_records_are_written_field_for_field_as_their_definitions_say(make_pipeline, unique):
+    """On PostgreSQL new records go in by ``COPY``, elsewhere by ``bulk_create``: the same rows."""
+    first, second = f"a-{unique}", f"b-{unique}"
+    scoped = journal_change(second, rollback="ok", verify=True, recovery="ALWAYS_RETRY").replace(
+        '    target = "journal"', '    target = "journal"\n    environments = ["dev", "prod"]\n    description = "It\'s \\\\ \\"quoted\\"\\ttabbed"'
+    )
+    pipeline = make_pipeline({"main": {"0001_a.py": journal_change(first), "0002_b.py": scoped}})
+    assert not pipeline.problems, pipeline.problems
+
+    with CaptureQueriesContext(connection) as queries:
+        services.catalogue_sync(pipeline=pipeline)
+
+    for change_id in (first, second):
+        change, row = pipeline.by_id[change_id], ChangeRecord.objects.get(change_id=change_id)
+        written = {name: getattr(row, name) for name in ("stage", "order", "author", "target", "kind", "template", "description")}
+        written |= {name: getattr(row, name) for name in ("path", "line", "source", "checksum", "transactional", "environments")}
+        expected = {name: getattr(change, name) for name in written}
+        assert written == expected
+        assert (row.recovery, row.has_rollback, row.has_verify) == (change.recovery.value, change.has_rollback, change.has_verify)
+        assert row.removed_at is None and abs(row.synced_at - row.first_seen_at) < timedelta(seconds=5)
+    assert ChangeRecord.objects.get(change_id=second).environments == ["dev", "prod"]
+    assert ChangeRecord.objects.filter(change_id=first, environments__isnull=True).exists()  # SQL NULL, not JSON null
+    if connection.vendor == "postgresql":
+        assert not [sql for sql in sql_of(queries.captured_queries) if sql.startswith("INSERT") and ChangeRecord._meta.db_table in sql]
+
+
+def test_new_change_records_another_process_mirrored_meanwhile_are_kept_and_the_rest_written(make_pipeline, unique):
+    first, second = f"a-{unique}", f"b-{unique}"
+    pipeline = make_pipeline({"main": {"0001_a.py": journal_change(first), "0002_b.py": journal_change(second)}})
+    theirs = pipeline.by_id[first]
+    ChangeRecord.objects.create(
+        change_id=first, stage=theirs.stage, order=theirs.order, author="another process", target=theirs.target, kind=theirs.kind,
+        path=theirs.path, source=theirs.source, checksum=theirs.checksum, transactional=True, recovery=theirs.recovery.value,
+    )  # fmt: skip
+    rows = [
+        {"change_id": change.id, "stage": change.stage, "order": change.order, "author": change.author, "target": change.target,
+         "kind": change.kind, "path": change.path, "source": change.source, "checksum": change.checksum,
+         "transactional": change.transactional, "recovery": change.recovery.value}
+        for change in (pipeline.by_id[first], pipeline.by_id[second])
+    ]  # fmt: skip
+
+    with transaction.atomic():
+        services._catalogue_insert(rows, now=timezone.now())
+        still_usable = ChangeRecord.objects.filter(change_id__in=[first, second]).count()
+
+    assert still_usable == 2  # the failed COPY was undone to its savepoint, the transaction goes on
+    assert ChangeRecord.objects.get(change_id=first).author == "another process"
+    assert ChangeRecord.objects.get(change_id=second).author == "tests"
 
 
 def test_target_system_gone_from_settings_is_retired_and_a_steady_sync_writes_nothing(make_pipeline, settings, unique):

@@ -62,6 +62,24 @@ class PostgresServer:
         facts["url"] = self.url
         return facts
 
+    def commit_latency(self, commits: int = 300) -> str:
+        """Median and p95 of one durable one-row commit (an ``INSERT`` in autocommit into a logged
+        table of a scratch database): the unit that the run start, the lock cycle with audit and
+        every apply are made of, and the fact that moves most between runs on a shared disk."""
+        name = self.database_create("commit_probe")
+        try:
+            with psycopg.connect(self.database_url(name), autocommit=True) as connection:
+                connection.execute("CREATE TABLE probe (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
+                samples = []
+                for _ in range(commits + 20):
+                    started = time.perf_counter()
+                    connection.execute("INSERT INTO probe DEFAULT VALUES")
+                    samples.append(time.perf_counter() - started)
+            samples = sorted(samples[20:])
+            return f"median {samples[len(samples) // 2] * 1000:.3f} ms, p95 {samples[int(len(samples) * 0.95)] * 1000:.3f} ms ({commits} commits)"
+        finally:
+            self.database_drop(name)
+
     def close(self) -> None:
         for name in list(self._created):
             try:

@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             cleanups.callback(shutil.rmtree, workdir, ignore_errors=True)
         pg = PostgresServer(options.pg)
         cleanups.callback(pg.close)
+        commit_at_start = pg.commit_latency()
         context = Context(
             sizes=options.sizes,
             repeat=options.repeat,
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"FAILED: {error}")
             return 1
         postgres = pg.facts()
+        postgres["commit latency at start"] = commit_at_start
+        postgres["commit latency at end"] = pg.commit_latency()
     load_at_end = load_average()
     machine["load_average_at_end"] = load_at_end
     meta = {

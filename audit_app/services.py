@@ -13,11 +13,12 @@ import hashlib
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from django.conf import settings
-from django.db import connections, router, transaction
+from django.db import DatabaseError, connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -93,6 +94,7 @@ def audit_record(
     details: dict | None = None,
     counts_as_apply: bool | None = None,
     using: str | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> AuditEntry:
     """Append one entry, atomically with the change-state projection.
 
@@ -102,6 +104,12 @@ def audit_record(
     entry); if another writer moved the change meanwhile, :class:`StateMoved` rolls it all back.
     ``counts_as_apply`` is false for an applied state that restores, rather than makes, an apply
     (a failed undo of a marker change): the apply generation keying marker rows stays the same.
+
+    ``before_commit`` says that the entry ends the caller's atomic block (nothing after it): the
+    function is called when the transaction is about to commit. On PostgreSQL, when that block is the
+    outermost one, the writer sends the statement and ``COMMIT`` in one round trip and the block finds
+    nothing left to commit; otherwise the entry is written, the function called, and the block ends
+    as usual.
     """
     using = using or router.db_for_write(AuditEntry)
     connection = connections[using]
@@ -140,11 +148,20 @@ def audit_record(
             entry, fence=fence, expected=expected_entry_id if check_state else UNCHECKED, project=bool(state), applied=applied, using=using
         )
         return entry
+    # The statement and COMMIT in one round trip only when the caller's block is the outermost one
+    # (not inside a larger transaction, such as a test's): only then does committing end it.
+    with_commit = postgres and not accepts_checksum and before_commit is not None and connection.in_atomic_block and not connection.savepoint_ids
     # No savepoint: inside a caller's transaction, a refusal must roll all of it back.
     with transaction.atomic(using=using, savepoint=False):
         if postgres:
             _write_postgres(
-                entry, fence=fence, expected=expected_entry_id if check_state else UNCHECKED, project=bool(state), applied=applied, using=using
+                entry,
+                fence=fence,
+                expected=expected_entry_id if check_state else UNCHECKED,
+                project=bool(state),
+                applied=applied,
+                using=using,
+                before_commit=before_commit if with_commit else None,
             )
         else:
             if fence is not None:
@@ -160,6 +177,8 @@ def audit_record(
                 _project_state(entry, applied=applied, using=using)
         if accepts_checksum:
             ChangeState.objects.using(using).filter(change_id=change.id).update(checksum=change.checksum, entry=entry)
+        if before_commit is not None and not with_commit:
+            before_commit()
     return entry
 
 
@@ -260,10 +279,13 @@ class _LoggedOps:
 
 
 @functools.lru_cache(maxsize=64)
-def _statement(vendor: str, fence_sql: str | None, checked: bool, project: bool) -> str:
+def _statement(vendor: str, fence_sql: str | None, checked: bool, project: bool, refusing: bool = False) -> str:
     """The writer's statement for one shape of entry (fenced or not, state-checked or not, projected
-    or not), built once: its text depends on nothing else. Parameters, in order: the fence's, the
-    change id and the expected entry (checked), the hash tail, the written columns, the projection's."""
+    or not, refusing with an error or not), built once: its text depends on nothing else. Parameters,
+    in order: the fence's, the change id and the expected entry (checked), the hash tail, the written
+    columns, the projection's. A refusing statement raises (``flamingock_refuse``, SQLSTATE FLREF,
+    migration 0005) where another returns a row without an entry: it is the one sent with the
+    ``COMMIT`` of its transaction, which must then not commit."""
     connection = next(connection for connection in connections.all() if connection.vendor == vendor)
     quote = connection.ops.quote_name
     ctes: list[str] = []
@@ -297,10 +319,26 @@ def _statement(vendor: str, fence_sql: str | None, checked: bool, project: bool)
             f'run_id = EXCLUDED.run_id, stage = EXCLUDED.stage, "order" = EXCLUDED."order", target = EXCLUDED.target, '
             f"applied_count = {table}.applied_count + EXCLUDED.applied_count, updated_at = EXCLUDED.updated_at)"
         )
-    return f"WITH {', '.join(ctes)} SELECT c.fenced, c.current, e.id, e.seq, e.prev_hash, e.entry_hash, e.created_at, (SELECT count(*) FROM h) FROM c LEFT JOIN e ON true"
+    refusal = ""
+    if refusing:
+        why = "CASE WHEN NOT c.fenced THEN 'fence' WHEN (SELECT count(*) FROM h) = 0 THEN 'no chain head' ELSE 'state' END"
+        refusal = f", CASE WHEN e.id IS NULL THEN flamingock_refuse({why}) END"
+    return (
+        f"WITH {', '.join(ctes)} SELECT c.fenced, c.current, e.id, e.seq, e.prev_hash, e.entry_hash, e.created_at, "
+        f"(SELECT count(*) FROM h){refusal} FROM c LEFT JOIN e ON true"
+    )
 
 
-def _write_postgres(entry: AuditEntry, *, fence: Fence | None, expected: Any, project: bool, applied: bool, using: str) -> None:
+def _write_postgres(
+    entry: AuditEntry,
+    *,
+    fence: Fence | None,
+    expected: Any,
+    project: bool,
+    applied: bool,
+    using: str,
+    before_commit: Callable[[], None] | None = None,
+) -> None:
     """PostgreSQL: the whole entry in one statement, one round trip.
 
     It runs the fence check, re-reads the change's latest state, locks the chain head, reads the
@@ -309,6 +347,9 @@ def _write_postgres(entry: AuditEntry, *, fence: Fence | None, expected: Any, pr
     check fails it writes nothing and says why. The hash is recomputed in Python from what was
     stored, so a server that formatted any part differently would stop the write, not fork the
     chain's meaning.
+
+    With ``before_commit`` the entry ends the caller's transaction: ``before_commit`` is called,
+    then the statement and ``COMMIT`` go in one round trip (:func:`_send_with_commit`).
     """
     connection = connections[using]
     params: list = []
@@ -326,6 +367,13 @@ def _write_postgres(entry: AuditEntry, *, fence: Fence | None, expected: Any, pr
     if project:
         run_id = values[_WRITTEN_INDEX["run_id"]]
         params += [entry.change_id, entry.state, entry.checksum, run_id, entry.stage, entry.order, entry.target, int(applied)]
+    if before_commit is not None:
+        before_commit()
+        pk, seq, prev_hash, digest, created_at = _send_with_commit(
+            connection, _statement(connection.vendor, fence_sql, checked, project, refusing=True), params, fence=fence, entry=entry, expected=expected
+        )
+        _written(entry, tail, pk, seq, prev_hash, digest, created_at, using=using, committed=True)
+        return
     sql = _statement(connection.vendor, fence_sql, checked, project)
     # Not in psycopg's pipeline mode: after a pipelined statement PostgreSQL did not end the
     # transaction when it sat idle past idle_in_transaction_session_timeout, and a paused lock holder
@@ -341,18 +389,59 @@ def _write_postgres(entry: AuditEntry, *, fence: Fence | None, expected: Any, pr
         if not is_fenced:
             fence.refused(using=using)
         raise StateMoved(f"Change {entry.change_id} moved (latest entry {current_entry}, expected {expected}).")
+    _written(entry, tail, pk, seq, prev_hash, digest, created_at, using=using, committed=connection.get_autocommit())
+
+
+def _written(entry: AuditEntry, tail: str, pk, seq, prev_hash, digest, created_at, *, using: str, committed: bool) -> None:
+    """Fill in what the database wrote, after checking its hash."""
     entry.pk, entry.seq, entry.prev_hash, entry.entry_hash, entry.created_at = pk, seq, prev_hash, digest, created_at
     entry.hash_version = CHAIN_VERSION
     # The same bytes as chain.entry_hash, from the tail already built: a server that formatted the
     # sequence, the previous hash or the time differently would stop the write here.
-    # (An entry of its own has committed with its statement by now: the error then says so, and
-    # `audit verify` reports the entry; the formatting is fixed, so this is a tripwire.)
+    # (An entry that committed with its statement, on its own or with its transaction, is written by
+    # now: the error then says so, and `audit verify` reports the entry; the formatting is fixed, so
+    # this is a tripwire.)
     expected_input = f'[{CHAIN_VERSION},{seq},"{prev_hash}","{timestamp_text(created_at)}",{tail}]'
     if hashlib.sha256(expected_input.encode("utf-8")).hexdigest() != digest:
-        written = "it was written and audit verify will report it" if connection.get_autocommit() else "nothing was written"
+        written = "it was written and audit verify will report it" if committed else "nothing was written"
         raise AssertionError(f"audit entry #{seq}: the database computed a hash that differs from chain version {CHAIN_VERSION}; {written}")
     entry._state.adding = False
     entry._state.db = using
+
+
+#: SQLSTATE of ``flamingock_refuse`` (migration 0005).
+REFUSED_SQLSTATE = "FLREF"
+
+
+def _send_with_commit(connection, sql: str, params: list, *, fence: Fence | None, entry: AuditEntry, expected: Any) -> tuple:
+    """Send the refusing statement and ``COMMIT`` together and wait once: psycopg's pipeline mode,
+    one ``Sync`` for both. A refusal is an error, after which PostgreSQL skips the ``COMMIT``: the
+    transaction is over, rolled back here, and why it was refused is read afterwards (the fence's
+    sequence and the run, or the change's state), outside it.
+
+    Pipeline mode is entered only now, after the change's own statements have had their answers:
+    a holder paused before this point sits idle in its transaction, which PostgreSQL ends at
+    idle_in_transaction_session_timeout (test_chaos); once sent, nothing waits on the client."""
+    raw = connection.connection
+    with _prepared_cursor(connection) as cursor:
+        try:
+            with connection.wrap_database_errors, raw.pipeline():
+                cursor.execute(sql, params)
+                _prepared_cursor_class().__mro__[1](raw).execute("COMMIT")  # psycopg.Cursor: queued, no prepare
+        except DatabaseError as error:
+            refused = getattr(error.__cause__, "sqlstate", None) == REFUSED_SQLSTATE
+            if not refused:
+                raise
+            why = error.__cause__.diag.message_detail
+            raw.rollback()  # the transaction is over: what follows only reads, and the caller's atomic block rolls back
+            if why == "fence" and fence is not None:
+                fence.refused(using=connection.alias)
+            if why == "state":
+                current = ChangeState.objects.using(connection.alias).filter(change_id=entry.change_id).values_list("entry_id", flat=True).first()
+                raise StateMoved(f"Change {entry.change_id} moved (latest entry {current}, expected {expected}).") from None
+            raise RuntimeError(f"the audit trail refused the entry ({why}); the change was rolled back") from None
+        is_fenced, current_entry, pk, seq, prev_hash, digest, created_at, heads, _ = cursor.fetchone()
+    return pk, seq, prev_hash, digest, created_at
 
 
 def _chain(entry: AuditEntry, *, using: str) -> None:

@@ -397,9 +397,15 @@ class Executor:
                 for step in change.steps:
                     step.apply(dependencies)
                 crashpoint("after_apply", change.id)
-                # The fence check, the state re-read and the entry are the transaction's last statements.
-                entry = self.state_entry(item, S.APPLIED, expected=item.entry_id, duration_ms=self.elapsed(started))
-                crashpoint("before_commit", change.id)
+                # The fence check, the state re-read and the entry are the transaction's last statements;
+                # on PostgreSQL the entry and COMMIT go together (audit_record, before_commit).
+                entry = self.state_entry(
+                    item,
+                    S.APPLIED,
+                    expected=item.entry_id,
+                    duration_ms=self.elapsed(started),
+                    before_commit=lambda: crashpoint("before_commit", change.id),
+                )
         except (FenceRefused, StateMoved):
             raise
         except Exception as error:

@@ -11,7 +11,9 @@ order:
 - ``after_started``: STARTED committed (marker and non-transactional strategies);
 - ``before_apply``: about to call the change's apply (inside the target transaction if any);
 - ``after_apply``: apply returned, the transaction not yet committed;
-- ``before_commit``: shared transaction only: fence checked and APPLIED written, not committed;
+- ``before_commit``: shared transaction only: the change applied, its APPLIED entry about to commit
+  with it (on PostgreSQL the entry and ``COMMIT`` are then sent together; on SQLite the entry is
+  written, not committed);
 - ``after_target_commit``: the target committed (marker strategy), APPLIED not yet written;
 - ``after_applied``: APPLIED committed;
 - ``before_release``: every change done, the lock not yet released;

@@ -105,3 +105,65 @@ def test_a_hash_the_server_formatted_differently_stops_the_write_and_says_what_w
     with pytest.raises(AssertionError, match="it was written and audit verify will report it"):
         audit_record(event="test.alone", actor=Actor(name="tester"), environment="dev")
     assert AuditEntry.objects.count() == before + 1
+
+
+# -- an entry that ends its transaction (a shared-transaction change's APPLIED) ----------------------
+
+
+def test_an_entry_that_ends_its_transaction_goes_with_the_commit_in_one_round_trip():
+    audit_record(event="test.warm", actor=Actor(name="tester"), environment="dev")  # the head exists, statements warm
+    calls: list[str] = []
+    atomic = transaction.atomic()
+    atomic.__enter__()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")  # the change's own statement: BEGIN has gone before it
+        with wire() as sent:
+            entry = audit_record(event="test.ends", actor=Actor(name="tester"), environment="dev", before_commit=lambda: calls.append("hook"))
+    finally:
+        with wire() as at_exit:
+            atomic.__exit__(None, None, None)
+    assert calls == ["hook"]
+    assert round_trips(sent) == 1, sent
+    assert [message for message in sent if '"COMMIT"' in message]
+    assert sent[-1].endswith("ReadyForQuery\t I")  # committed: the session is idle
+    assert round_trips(at_exit) == 0, at_exit  # the atomic block found nothing left to commit
+    assert AuditEntry.objects.get(pk=entry.pk).entry_hash == entry.entry_hash
+    assert audit_verify(workers=1).ok
+
+
+def test_a_refused_entry_sent_with_the_commit_commits_nothing_and_says_why():
+    change = ChangeRef(id=f"c-{uuid.uuid4().hex[:8]}")
+    started = audit_record(
+        event="change.started", actor=Actor(name="tester"), environment="dev", change=change, state="STARTED", expected_entry_id=None
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE w_{change.id.replace('-', '_')} (id integer)")
+    before = AuditEntry.objects.count()
+    with pytest.raises(StateMoved, match=f"latest entry {started.pk}, expected None"):
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(f"INSERT INTO w_{change.id.replace('-', '_')} VALUES (1)")
+            audit_record(
+                event="change.applied", actor=Actor(name="tester"), environment="dev", change=change, state="APPLIED",
+                expected_entry_id=None, before_commit=lambda: None,
+            )  # fmt: skip
+    assert AuditEntry.objects.count() == before
+    with connection.cursor() as cursor:  # the session is usable, and the change's row is gone
+        cursor.execute(f"SELECT count(*) FROM w_{change.id.replace('-', '_')}")
+        assert cursor.fetchone() == (0,)
+    assert audit_verify(workers=1).ok
+
+
+def test_inside_a_larger_transaction_the_entry_leaves_the_commit_to_it():
+    calls: list[str] = []
+    before = AuditEntry.objects.count()
+    with pytest.raises(RuntimeError, match="the larger transaction fails"):
+        with transaction.atomic():
+            with wire() as sent, transaction.atomic():  # a savepoint: committing here would end the outer transaction
+                audit_record(event="test.nested", actor=Actor(name="tester"), environment="dev", before_commit=lambda: calls.append("hook"))
+            raise RuntimeError("the larger transaction fails")
+    assert [message for message in sent if "SAVEPOINT" in message]  # the trace saw the block
+    assert not [message for message in sent if '"COMMIT"' in message]
+    assert calls == ["hook"]
+    assert AuditEntry.objects.count() == before  # rolled back with the larger transaction

@@ -59,6 +59,56 @@ def test_shared_change_killed_before_commit_leaves_neither_effect_nor_entry(make
     assert table_exists(f"s_{unique}")
 
 
+def _shared_insert_then(change: str, table: str, then: str) -> str:
+    """A shared change that inserts a row, then runs ``then`` (the lock taken over, the run cancelled)."""
+    return (
+        "from audit_app.services import Actor\nfrom changes_app import services\nfrom changes_app.definitions import Change\n"
+        "from changes_app.locks import fence_advance, lock_backend\n\n\n"
+        f"class Sql(Change):\n    id = {change!r}\n    author = 'tests'\n    target = 'app-db'\n\n"
+        f"    def apply(self, cursor, context):\n        cursor.execute('INSERT INTO {table} (id) VALUES (1)')\n        {then}\n"
+    )
+
+
+def test_shared_change_whose_lock_was_taken_over_is_rolled_back_with_its_refused_entry(make_pipeline, unique):
+    """The fence refuses the APPLIED entry (on PostgreSQL the statement sent with the COMMIT raises,
+    so the COMMIT is skipped): the change's row goes with it and the ledger does not move."""
+    change, table = f"taken-{unique}", f"t_{unique}"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {table} (id integer PRIMARY KEY)")
+    make_pipeline({"main": {"0001_insert.py": _shared_insert_then(change, table, "fence_advance(lock_backend().name)")}})
+
+    run = run_pipeline()
+
+    assert run.status == Run.Status.ABORTED
+    assert "stale" in run.status_reason, run.status_reason
+    assert results(run) == {change: "ABORTED"}
+    assert ledger(change) == []
+    assert rows(f"SELECT id FROM {table}") == []
+    assert next_action(change) == "APPLY"
+
+
+@pytest.mark.postgres  # on SQLite the cancel waits for the change's write lock: it cannot land meanwhile
+def test_shared_change_of_a_run_cancelled_meanwhile_is_rolled_back_and_the_run_says_who_cancelled(make_pipeline, unique):
+    change, table = f"cancelled-{unique}", f"c_{unique}"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {table} (id integer PRIMARY KEY)")
+    # An operator elsewhere (another connection, committed) cancels while the change is under way.
+    cancel = (
+        "import threading; from django.db import connection as c; "
+        "t = threading.Thread(target=lambda: (services.run_cancel(run_id=context.run_id, actor=Actor(name='operator')), c.close())); "
+        "t.start(); t.join()"
+    )
+    make_pipeline({"main": {"0001_insert.py": _shared_insert_then(change, table, cancel)}})
+
+    run = run_pipeline()
+
+    assert run.status == Run.Status.ABORTED
+    assert run.status_reason == "cancelled by operator"
+    assert ledger(change) == []
+    assert rows(f"SELECT id FROM {table}") == []
+    assert next_action(change) == "APPLY"
+
+
 def test_shared_change_that_raises_leaves_no_row_and_a_failed_entry_with_the_error(make_pipeline, unique):
     change = f"insert-{unique}"
     with connection.cursor() as cursor:

@@ -41,6 +41,12 @@ class StateMoved(Exception):
     """The change's latest state is not the one the writer's decision was based on."""
 
 
+class HashMismatch(AssertionError):
+    """The database hashed an entry differently from chain version 1 (a server that formats the
+    hash input otherwise). The message says whether the entry was written (it committed with its
+    statement) or not."""
+
+
 class Fence(Protocol):
     token: int
 
@@ -404,7 +410,7 @@ def _written(entry: AuditEntry, tail: str, pk, seq, prev_hash, digest, created_a
     expected_input = f'[{CHAIN_VERSION},{seq},"{prev_hash}","{timestamp_text(created_at)}",{tail}]'
     if hashlib.sha256(expected_input.encode("utf-8")).hexdigest() != digest:
         written = "it was written and audit verify will report it" if committed else "nothing was written"
-        raise AssertionError(f"audit entry #{seq}: the database computed a hash that differs from chain version {CHAIN_VERSION}; {written}")
+        raise HashMismatch(f"audit entry #{seq}: the database computed a hash that differs from chain version {CHAIN_VERSION}; {written}")
     entry._state.adding = False
     entry._state.db = using
 

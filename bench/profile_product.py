@@ -74,12 +74,31 @@ class Recorder:
             entry[0] += 1
             entry[1] += time.perf_counter() - started
 
-    def commit_wrapper(self, commit):
+    def commit_wrapper(self, commit, pgconn=None):
         @functools.wraps(commit)
         def wrapped(*args, **kwargs):
+            if pgconn is not None and pgconn.transaction_status == 0:  # IDLE: the writer sent COMMIT already
+                return commit(*args, **kwargs)
             started = time.perf_counter()
             try:
                 return commit(*args, **kwargs)
+            finally:
+                entry = self.commits[self.tag]
+                entry[0] += 1
+                entry[1] += time.perf_counter() - started
+
+        return wrapped
+
+    def sent_with_commit_wrapper(self, send):
+        """The writer's entry sent with ``COMMIT`` (a shared-transaction change): one round trip that
+        is both the statement's wait and the commit's. Its statement also passes the execute wrapper,
+        but only to be queued; the wait is here, counted as the commit."""
+
+        @functools.wraps(send)
+        def wrapped(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return send(*args, **kwargs)
             finally:
                 entry = self.commits[self.tag]
                 entry[0] += 1
@@ -201,7 +220,11 @@ def phases_measure(mode: str, size: int) -> dict:
         raise SystemExit(f"expected {size} changes, discovered {len(pipeline)}: {pipeline.problems[:3]}")
 
     connection.ensure_connection()
-    connection._commit = recorder.commit_wrapper(connection._commit)
+    connection._commit = recorder.commit_wrapper(connection._commit, connection.connection.pgconn if connection.vendor == "postgresql" else None)
+    import audit_app.services as writer
+
+    if hasattr(writer, "_send_with_commit"):
+        writer._send_with_commit = recorder.sent_with_commit_wrapper(writer._send_with_commit)
     phases.done("connect to the audit database")
 
     out = io.StringIO()

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from audit_app.models import APPLIED_STATES, STATE_EVENTS
 from audit_app.models import ChangeStateName as S
-from audit_app.services import Actor, ChangeRef, FenceRefused, StateMoved, audit_record, change_states
+from audit_app.services import Actor, ChangeRef, FenceRefused, HashMismatch, StateMoved, audit_record, change_states
 
 from .definitions import ChangeDefinition, Strategy
 from .discovery import Pipeline
@@ -406,8 +406,8 @@ class Executor:
                     duration_ms=self.elapsed(started),
                     before_commit=lambda: crashpoint("before_commit", change.id),
                 )
-        except (FenceRefused, StateMoved):
-            raise
+        except (FenceRefused, StateMoved, HashMismatch):
+            raise  # a refusal, or an entry the database hashed otherwise (committed or not, it says): the run stops
         except Exception as error:
             failed = self.state_entry(
                 item,

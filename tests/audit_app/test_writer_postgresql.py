@@ -106,6 +106,13 @@ def test_a_hash_the_server_formatted_differently_stops_the_write_and_says_what_w
         audit_record(event="test.alone", actor=Actor(name="tester"), environment="dev")
     assert AuditEntry.objects.count() == before + 1
 
+    # An entry sent with its transaction's COMMIT has committed with it: the same message, and the
+    # type the engine stops the run on (it must not record the change as failed).
+    with pytest.raises(writer.HashMismatch, match="it was written and audit verify will report it"):
+        with transaction.atomic():
+            audit_record(event="test.ends", actor=Actor(name="tester"), environment="dev", before_commit=lambda: None)
+    assert AuditEntry.objects.count() == before + 2
+
 
 # -- an entry that ends its transaction (a shared-transaction change's APPLIED) ----------------------
 

@@ -428,12 +428,14 @@ def _send_with_commit(connection, sql: str, params: list, *, fence: Fence | None
     Pipeline mode is entered only now, after the change's own statements have had their answers:
     a holder paused before this point sits idle in its transaction, which PostgreSQL ends at
     idle_in_transaction_session_timeout (test_chaos); once sent, nothing waits on the client."""
+    import psycopg  # imported already by the prepared cursor; here for the plain cursor of COMMIT
+
     raw = connection.connection
     with _prepared_cursor(connection) as cursor:
         try:
             with connection.wrap_database_errors, raw.pipeline():
                 cursor.execute(sql, params)
-                _prepared_cursor_class().__mro__[1](raw).execute("COMMIT")  # psycopg.Cursor: queued, no prepare
+                psycopg.Cursor(raw).execute("COMMIT")  # queued behind the statement: one Sync for both
         except DatabaseError as error:
             refused = getattr(error.__cause__, "sqlstate", None) == REFUSED_SQLSTATE
             if not refused:

@@ -89,23 +89,6 @@ class Recorder:
 
         return wrapped
 
-    def sent_with_commit_wrapper(self, send):
-        """The writer's entry sent with ``COMMIT`` (a shared-transaction change): one round trip that
-        is both the statement's wait and the commit's. Its statement also passes the execute wrapper,
-        but only to be queued; the wait is here, counted as the commit."""
-
-        @functools.wraps(send)
-        def wrapped(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return send(*args, **kwargs)
-            finally:
-                entry = self.commits[self.tag]
-                entry[0] += 1
-                entry[1] += time.perf_counter() - started
-
-        return wrapped
-
     def wrap(self, owner, name: str, tag: str | None = None) -> bool:
         """Time ``owner.name`` and tag the statements it sends; False if the product has no such function."""
         original = getattr(owner, name, None)
@@ -224,7 +207,10 @@ def phases_measure(mode: str, size: int) -> dict:
     import audit_app.services as writer
 
     if hasattr(writer, "_send_with_commit"):
-        writer._send_with_commit = recorder.sent_with_commit_wrapper(writer._send_with_commit)
+        # A shared-transaction change's entry sent with COMMIT: one round trip that is both the
+        # statement's wait and the commit's. Its statement also passes the execute wrapper, but only
+        # to be queued (pipeline mode); the wait is here, counted as the commit.
+        writer._send_with_commit = recorder.commit_wrapper(writer._send_with_commit)
     phases.done("connect to the audit database")
 
     out = io.StringIO()

@@ -174,3 +174,26 @@ def test_inside_a_larger_transaction_the_entry_leaves_the_commit_to_it():
     assert not [message for message in sent if '"COMMIT"' in message]
     assert calls == ["hook"]
     assert AuditEntry.objects.count() == before  # rolled back with the larger transaction
+
+
+def test_an_entry_sent_with_the_commit_without_a_chain_head_commits_nothing():
+    """The one refusal that is neither the fence nor the state: the chain head is gone (it is never
+    deleted; this is the tripwire). The statement raises, so the COMMIT sent with it is skipped."""
+    audit_record(event="test.warm", actor=Actor(name="tester"), environment="dev")
+    table = f"w_{uuid.uuid4().hex[:8]}"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {table} (id integer)")
+    before = AuditEntry.objects.count()
+    with pytest.raises(RuntimeError, match=r"refused the entry \(no chain head\); the change was rolled back"):
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(f"INSERT INTO {table} VALUES (1)")
+                cursor.execute("DELETE FROM audit_app_chainhead")
+            audit_record(event="test.headless", actor=Actor(name="tester"), environment="dev", before_commit=lambda: None)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {table}")
+        assert cursor.fetchone() == (0,)
+        cursor.execute("SELECT count(*) FROM audit_app_chainhead")
+        assert cursor.fetchone() == (1,)  # the delete went with the rest
+    assert AuditEntry.objects.count() == before
+    assert audit_verify(workers=1).ok

@@ -240,7 +240,7 @@ def test_a_holder_paused_before_its_commit_is_taken_over_and_refused_when_it_wak
         server = RedisServer(tmp_path / "redis").start()
         lock["REDIS_URL"] = server.url
     try:
-        # A stops itself inside the open shared transaction: fence checked, APPLIED written, not committed.
+        # A stops itself inside the open shared transaction: the change applied, its APPLIED entry and COMMIT not yet sent.
         holder = chaos.run(chaos.env(**lock, FLAMINGOCK_PAUSE_AT=f"before_commit:{paused}", FLAMINGOCK_HOSTNAME="host-a"))
         wait_for(running(holder, lambda: process_state(holder.pid) == "T"), timeout=60, what="the holder to stop itself")
         # B waits out A's lease; A's idle transaction was ended by PostgreSQL at half the lease.

@@ -109,6 +109,29 @@ def test_shared_change_of_a_run_cancelled_meanwhile_is_rolled_back_and_the_run_s
     assert next_action(change) == "APPLY"
 
 
+@pytest.mark.postgres  # only PostgreSQL hashes in the database and re-checks in Python
+def test_shared_change_whose_entry_the_database_hashed_otherwise_stops_the_run_and_says_why(make_pipeline, unique):
+    """The hash re-check comes after the COMMIT the entry went with: the change and its entry are
+    committed, so the run stops on the mismatch and names it (treated as a failed apply, the
+    FAILED entry would be refused and the run would blame another holder)."""
+    change, table = f"hashed-{unique}", f"h_{unique}"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {table} (id integer PRIMARY KEY)")
+    # For the APPLIED entry only: the writer's re-check formats the time as no server would.
+    once = (
+        "import audit_app.services as writer; original = writer.timestamp_text; "
+        "writer.timestamp_text = lambda value: (setattr(writer, 'timestamp_text', original), 'not the server format')[1]"
+    )
+    make_pipeline({"main": {"0001_insert.py": _shared_insert_then(change, table, once)}})
+
+    run = run_pipeline()
+
+    assert run.status == Run.Status.ABORTED
+    assert "HashMismatch" in run.status_reason and "it was written and audit verify will report it" in run.status_reason, run.status_reason
+    assert ledger(change) == [(change, "APPLIED")]
+    assert rows(f"SELECT id FROM {table}") == [(1,)]
+
+
 def test_shared_change_that_raises_leaves_no_row_and_a_failed_entry_with_the_error(make_pipeline, unique):
     change = f"insert-{unique}"
     with connection.cursor() as cursor:

@@ -187,6 +187,47 @@ def test_a_failure_between_claim_and_run_started_leaves_the_run_queued_for_the_n
     assert ledger(change) == [(change, "STARTED"), (change, "APPLIED")]
 
 
+def test_the_claim_is_one_statement_that_returns_the_claimed_run(make_pipeline, unique):
+    make_pipeline({"main": {"0001_a.py": journal_change(f"a-{unique}")}})
+    queued = services.run_create(actor=local_operator(), source=Run.Source.API, reason="claim me")
+
+    with CaptureQueriesContext(connection) as first:
+        claimed = services.run_claim(run_id=queued.id)
+    with CaptureQueriesContext(connection) as second:
+        again = services.run_claim(run_id=queued.id)
+
+    assert len(first.captured_queries) == 1 and sql_of(first.captured_queries)[0].startswith("UPDATE")
+    assert "RETURNING" in sql_of(first.captured_queries)[0]
+    stored = Run.objects.get(pk=queued.id)
+    assert claimed.status == stored.status == Run.Status.RUNNING
+    assert claimed.started_at == stored.started_at and claimed.started_at is not None
+    assert (claimed.reason, claimed.parameters, claimed.task_id) == (stored.reason, stored.parameters, stored.task_id)  # every field read back
+    assert again is None and len(second.captured_queries) == 1
+
+
+@pytest.mark.postgres
+def test_run_started_and_lock_acquired_each_go_with_their_commit(make_pipeline, unique, journal, monkeypatch):
+    """On PostgreSQL the claim's block and the lock's block end with their entry: the entry and
+    COMMIT go in one round trip (audit_record's before_commit), and both are in the trail after."""
+    import audit_app.services as writer
+
+    make_pipeline({"main": {"0001_a.py": journal_change(f"a-{unique}")}})
+    queued = services.run_create(actor=local_operator(), source=Run.Source.API)
+    with_commit: list[str] = []
+    send = writer._send_with_commit
+
+    def recording(connection, sql, params, *, entry, **kwargs):
+        with_commit.append(entry.event)
+        return send(connection, sql, params, entry=entry, **kwargs)
+
+    monkeypatch.setattr(writer, "_send_with_commit", recording)
+    run = services.run_execute(run_id=queued.id)
+
+    assert run.status == Run.Status.SUCCEEDED, run.status_reason
+    assert with_commit[:2] == ["run.started", "lock.acquired"], with_commit
+    assert {"run.started", "lock.acquired"} <= set(run_events(run))
+
+
 def test_a_second_delivery_of_a_finished_run_writes_nothing(make_pipeline, unique, journal):
     change = f"a-{unique}"
     make_pipeline({"main": {"0001_a.py": journal_change(change)}})

@@ -328,7 +328,9 @@ def run_claim(*, run_id: uuid.UUID) -> Run | None:
         f"WHERE {quote('id')} = %s AND {quote('status')} = %s RETURNING {', '.join(quote(field.column) for field in fields)}"
     )
     at = Run._meta.get_field("started_at").get_db_prep_value(now, connection)
-    claimed = list(Run.objects.db_manager(alias).raw(sql, [Run.Status.RUNNING, at, at, Run._meta.pk.get_db_prep_value(run_id, connection), Run.Status.QUEUED]))
+    claimed = list(
+        Run.objects.db_manager(alias).raw(sql, [Run.Status.RUNNING, at, at, Run._meta.pk.get_db_prep_value(run_id, connection), Run.Status.QUEUED])
+    )
     return claimed[0] if claimed else None
 
 

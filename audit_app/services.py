@@ -447,7 +447,7 @@ def _send_with_commit(connection, sql: str, params: list, *, fence: Fence | None
             if why == "state":
                 current = ChangeState.objects.using(connection.alias).filter(change_id=entry.change_id).values_list("entry_id", flat=True).first()
                 raise StateMoved(f"Change {entry.change_id} moved (latest entry {current}, expected {expected}).") from None
-            raise RuntimeError(f"the audit trail refused the entry ({why}); the change was rolled back") from None
+            raise RuntimeError(f"the audit trail refused the entry ({why}); the transaction it ended was rolled back") from None
         is_fenced, current_entry, pk, seq, prev_hash, digest, created_at, heads, _ = cursor.fetchone()
     return pk, seq, prev_hash, digest, created_at
 

@@ -141,11 +141,18 @@ class Executor:
         self.lease.start_heartbeat()
         self._limit_idle_transactions()
         self.run.fencing_token = self.lease.token
-        # One commit: the run's token and its lock.acquired entry.
-        with transaction.atomic(using=self.alias):
-            Run.objects.filter(pk=self.run.pk).update(fencing_token=self.lease.token, heartbeat_at=timezone.now())
-            # The block's last statement: on PostgreSQL the entry goes with the COMMIT, one round trip.
-            self.audit("lock.acquired", details={"lock": self.lock.name, "token": self.lease.token}, before_commit=lambda: None)
+        try:
+            # One commit: the run's token and its lock.acquired entry.
+            with transaction.atomic(using=self.alias):
+                Run.objects.filter(pk=self.run.pk).update(fencing_token=self.lease.token, heartbeat_at=timezone.now())
+                # The block's last statement: on PostgreSQL the entry goes with the COMMIT, one round trip.
+                self.audit("lock.acquired", details={"lock": self.lock.name, "token": self.lease.token}, before_commit=lambda: None)
+        except BaseException:
+            # Not recorded as held, so not held: a heartbeat left beating in a worker that lives on
+            # would keep every later run locked out.
+            self.lease.release()
+            self.lease = None
+            raise
         crashpoint("after_lock")
         return None
 

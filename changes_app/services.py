@@ -317,20 +317,24 @@ def run_create(
 def run_claim(*, run_id: uuid.UUID) -> Run | None:
     """Move a QUEUED run to RUNNING; a duplicate or redelivered execution gets ``None``.
 
-    One statement, ``UPDATE ... RETURNING``: the claim and the row it claimed in one round trip
-    (PostgreSQL, and SQLite from 3.35). The ORM's update returns only a count."""
+    On PostgreSQL one statement, ``UPDATE ... RETURNING``: the claim and the row it claimed in one
+    round trip. Elsewhere (the embedded SQLite, whose round trips stay in the process, or any other
+    store Django speaks to, not all of which return rows from an ``UPDATE``) the ORM's update and a
+    read of the row."""
     now = timezone.now()
     alias = router.db_for_write(Run)
     connection = connections[alias]
-    table, quote, fields = Run._meta.db_table, connection.ops.quote_name, Run._meta.concrete_fields
+    if connection.vendor != "postgresql":
+        claimed = (
+            Run.objects.using(alias).filter(pk=run_id, status=Run.Status.QUEUED).update(status=Run.Status.RUNNING, started_at=now, heartbeat_at=now)
+        )
+        return Run.objects.using(alias).get(pk=run_id) if claimed else None
+    quote = connection.ops.quote_name
     sql = (
-        f"UPDATE {quote(table)} SET {quote('status')} = %s, {quote('started_at')} = %s, {quote('heartbeat_at')} = %s "
-        f"WHERE {quote('id')} = %s AND {quote('status')} = %s RETURNING {', '.join(quote(field.column) for field in fields)}"
+        f"UPDATE {quote(Run._meta.db_table)} SET status = %s, started_at = %s, heartbeat_at = %s WHERE id = %s AND status = %s "
+        f"RETURNING {', '.join(quote(field.column) for field in Run._meta.concrete_fields)}"
     )
-    at = Run._meta.get_field("started_at").get_db_prep_value(now, connection)
-    claimed = list(
-        Run.objects.db_manager(alias).raw(sql, [Run.Status.RUNNING, at, at, Run._meta.pk.get_db_prep_value(run_id, connection), Run.Status.QUEUED])
-    )
+    claimed = list(Run.objects.db_manager(alias).raw(sql, [Run.Status.RUNNING, now, now, run_id, Run.Status.QUEUED]))
     return claimed[0] if claimed else None
 
 

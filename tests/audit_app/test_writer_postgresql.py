@@ -184,7 +184,7 @@ def test_an_entry_sent_with_the_commit_without_a_chain_head_commits_nothing():
     with connection.cursor() as cursor:
         cursor.execute(f"CREATE TABLE {table} (id integer)")
     before = AuditEntry.objects.count()
-    with pytest.raises(RuntimeError, match=r"refused the entry \(no chain head\); the change was rolled back"):
+    with pytest.raises(RuntimeError, match=r"refused the entry \(no chain head\); the transaction it ended was rolled back"):
         with transaction.atomic():
             with connection.cursor() as cursor:
                 cursor.execute(f"INSERT INTO {table} VALUES (1)")

@@ -24,21 +24,18 @@ purpose (they are not linked).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import REPO, Context  # noqa: E402
-from bench.pg import PostgresServer  # noqa: E402
+from bench.harness import REPO, standalone_context  # noqa: E402
 
 VARIANTS = {
     "select1": "`SELECT 1` (client and network)",
@@ -155,15 +152,9 @@ def main() -> None:
 
     from bench.audit_data import audit_database, product_env
 
-    with contextlib.ExitStack() as cleanups:
-        pg = PostgresServer(args.pg)
-        cleanups.callback(pg.close)
-        workdir = Path(tempfile.mkdtemp(prefix="flk-bench-entry-"))
-        context = Context(
-            sizes=[1000], repeat=5, repeat_large=3, warmup=0, quick=args.quick, profile=False, workdir=workdir, pg=pg, cleanups=cleanups
-        )
+    with standalone_context(args.pg, prefix="flk-bench-entry-", quick=args.quick) as context:
         database = audit_database(context, entries=1000)
-        output = workdir / "entry-cost.json"
+        output = context.workdir / "entry-cost.json"
         command = [context.python, str(Path(__file__).resolve()), "--child", str(output), "--count", str(count), "--rounds", str(args.rounds)]
         subprocess.run(command, env=product_env(context, database), cwd=REPO, check=True)
         data = json.loads(output.read_text())

@@ -20,8 +20,9 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,6 +237,21 @@ class Context:
             if name.startswith(("FLAMINGOCK_", "DJANGO_")) or name in {"DATABASE_URL", "REDIS_URL", "PYTHONDONTWRITEBYTECODE", "PYTHONPATH"}:
                 env.pop(name)
         return env
+
+
+@contextlib.contextmanager
+def standalone_context(pg_url: str, *, prefix: str = "flk-bench-", **options: Any) -> Iterator[Context]:
+    """A :class:`Context` for one suite run on its own (``python bench/lock_cycles.py`` and the like):
+    the PostgreSQL server of ``pg_url`` and a scratch directory; at the end the cleanups run (the
+    throwaway databases are dropped), then the server is let go and the directory removed.
+    ``options`` set the Context's fields (default: 1,000 changes, 5 repetitions, no warm-up)."""
+    from .pg import PostgresServer
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as workdir, contextlib.ExitStack() as cleanups:
+        pg = PostgresServer(pg_url)
+        cleanups.callback(pg.close)
+        fields = {"sizes": [1000], "repeat": 5, "repeat_large": 3, "warmup": 0, "quick": False, "profile": False, **options}
+        yield Context(**fields, workdir=Path(workdir), pg=pg, cleanups=cleanups)
 
 
 @dataclass

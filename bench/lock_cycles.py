@@ -15,18 +15,15 @@ bench/results/lock-cycles-<UTC time>/.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import REPO, Context  # noqa: E402
-from bench.pg import PostgresServer  # noqa: E402
+from bench.harness import REPO, Context, standalone_context  # noqa: E402
 from bench.suites.lock_cycles import REDIS_URL, measure, run_analysis  # noqa: E402
 
 
@@ -69,13 +66,7 @@ def main() -> None:
         child(args.child, cycles=args.cycles or 2000, rounds=args.rounds or 5)
         return
 
-    with contextlib.ExitStack() as cleanups:
-        pg = PostgresServer(args.pg)
-        cleanups.callback(pg.close)
-        workdir = Path(tempfile.mkdtemp(prefix="flk-bench-lock-"))
-        context = Context(
-            sizes=[1000], repeat=5, repeat_large=3, warmup=0, quick=args.quick, profile=args.profile, workdir=workdir, pg=pg, cleanups=cleanups
-        )
+    with standalone_context(args.pg, prefix="flk-bench-lock-", quick=args.quick, profile=args.profile) as context:
         if args.profile:
             profile(context, args.cycles or 500)
             return

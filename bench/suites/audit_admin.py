@@ -21,19 +21,17 @@ before timing, each pair is checked to list the same entries.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from ..harness import REPO, Analysis, BenchmarkError, Context, Suite, log, percentile, summary
+from ..harness import REPO, Analysis, BenchmarkError, Context, Suite, log, percentile, standalone_context, summary
 
 GOAL_MS = 50.0
 PRODUCT_PREFIX, PEER_PREFIX = "/admin/audit_app/auditentry/", "/bench-peer/audit_app/auditentry/"
@@ -293,15 +291,8 @@ def main() -> None:
         print(RESULT_MARK + json.dumps(_child(options.repeat, options.warmup, options.profile)), flush=True)
         return
 
-    from bench.pg import PostgresServer
-
-    with contextlib.ExitStack() as cleanups, tempfile.TemporaryDirectory(prefix="flk-bench-") as workdir:
-        pg = PostgresServer(options.pg)
-        cleanups.callback(pg.close)
-        context = Context(
-            sizes=[], repeat=options.repeat, repeat_large=options.repeat, warmup=options.warmup, quick=False, profile=bool(options.profile),
-            workdir=Path(workdir), pg=pg, cleanups=cleanups,
-        )  # fmt: skip
+    fields = {"sizes": [], "repeat": options.repeat, "repeat_large": options.repeat, "warmup": options.warmup, "profile": bool(options.profile)}
+    with standalone_context(options.pg, **fields) as context:
         if options.profile:
             Path(options.profile).mkdir(parents=True, exist_ok=True)
         markdown, data = measure(context, entries=options.entries, repeat=options.repeat, warmup=options.warmup, profile_dir=options.profile)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import csv
 import hashlib
 import json
@@ -37,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..harness import REPO, Analysis, BenchmarkError, Context, Suite, log, percentile, summary
+from ..harness import REPO, Analysis, BenchmarkError, Context, Suite, log, percentile, standalone_context, summary
 from ..machine import load_average
 
 NAME = "audit-bulk"
@@ -365,15 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         print(RESULT_MARK + json.dumps(export_check(options.check_export)), flush=True)
         return
 
-    from bench.pg import PostgresServer
-
-    with contextlib.ExitStack() as cleanups, tempfile.TemporaryDirectory(prefix="flk-bench-") as workdir:
-        pg = PostgresServer(options.pg)
-        cleanups.callback(pg.close)
-        context = Context(
-            sizes=[], repeat=options.repeat, repeat_large=options.repeat, warmup=0, quick=False, profile=False,
-            workdir=Path(workdir), pg=pg, cleanups=cleanups,
-        )  # fmt: skip
+    with standalone_context(options.pg, sizes=[], repeat=options.repeat, repeat_large=options.repeat) as context:
         markdown, data = measure(context, entries=options.entries, repeat=options.repeat)
         print(markdown)
         print(json.dumps(data["goals"], indent=2))

@@ -37,12 +37,11 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from ..harness import REPO, Analysis, BenchmarkError, Context, Suite, log, percentile
+from ..harness import REPO, Analysis, BenchmarkError, Context, Suite, log, percentile, standalone_context
 
 GOAL_RATIO = 2.0
 PACKAGE = "flk_bench_run_start"
@@ -570,18 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     if options.drive:
         drive(options)
         return 0
-    import contextlib
-
-    from ..pg import PostgresServer
-
     samples, warmup = (5, 2) if options.quick else (options.samples, options.warmup)
-    with tempfile.TemporaryDirectory(prefix="flk_bench_run_start_") as workdir, contextlib.ExitStack() as stack:
-        pg = PostgresServer(options.pg)
-        stack.callback(pg.close)
-        context = Context(
-            sizes=[1], repeat=samples, repeat_large=samples, warmup=warmup, quick=options.quick, profile=False,
-            workdir=Path(workdir), pg=pg, cleanups=stack,
-        )  # fmt: skip
+    fields = {"sizes": [1], "repeat": samples, "repeat_large": samples, "warmup": warmup, "quick": options.quick}
+    with standalone_context(options.pg, prefix="flk_bench_run_start_", **fields) as context:
         log(f"run-start: {samples} samples, {warmup} warm-ups")
         data = measure(context, samples=samples, warmup=warmup, pool=options.pool, trace=options.trace)
         markdown, _ = analyse(data)

@@ -139,20 +139,20 @@ class Executor:
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.25)
         self.lease.start_heartbeat()
-        self._limit_idle_transactions()
-        self.run.fencing_token = self.lease.token
         try:
+            self._limit_idle_transactions()
             # One commit: the run's token and its lock.acquired entry.
             with transaction.atomic(using=self.alias):
                 Run.objects.filter(pk=self.run.pk).update(fencing_token=self.lease.token, heartbeat_at=timezone.now())
                 # The block's last statement: on PostgreSQL the entry goes with the COMMIT, one round trip.
                 self.audit("lock.acquired", details={"lock": self.lock.name, "token": self.lease.token}, before_commit=lambda: None)
         except BaseException:
-            # Not recorded as held, so not held: a heartbeat left beating in a worker that lives on
-            # would keep every later run locked out.
+            # Not recorded as held (or the audit store is gone), so not held: a heartbeat left beating
+            # in a worker that lives on would keep every later run locked out.
             self.lease.release()
             self.lease = None
             raise
+        self.run.fencing_token = self.lease.token  # as committed
         crashpoint("after_lock")
         return None
 

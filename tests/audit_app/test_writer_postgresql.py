@@ -16,6 +16,21 @@ from audit_app.services import Actor, ChangeRef, StateMoved, audit_record
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
+@pytest.fixture
+def own_table():
+    """A table for a change's own row: whether the row is there says whether its transaction committed."""
+    table = f"w_{uuid.uuid4().hex[:8]}"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {table} (id integer)")
+    return table
+
+
+def _count(table: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {table}")
+        return cursor.fetchone()[0]
+
+
 def test_a_transaction_left_idle_after_an_entry_is_ended_by_the_server_and_the_entry_is_not_kept():
     """A paused lock holder is cut off by idle_in_transaction_session_timeout (DOMAIN §7); the
     writer must not leave its session in a state the server does not time out (pipeline mode did)."""
@@ -139,26 +154,22 @@ def test_an_entry_that_ends_its_transaction_goes_with_the_commit_in_one_round_tr
     assert audit_verify(workers=1).ok
 
 
-def test_a_refused_entry_sent_with_the_commit_commits_nothing_and_says_why():
+def test_a_refused_entry_sent_with_the_commit_commits_nothing_and_says_why(own_table):
     change = ChangeRef(id=f"c-{uuid.uuid4().hex[:8]}")
     started = audit_record(
         event="change.started", actor=Actor(name="tester"), environment="dev", change=change, state="STARTED", expected_entry_id=None
     )
-    with connection.cursor() as cursor:
-        cursor.execute(f"CREATE TABLE w_{change.id.replace('-', '_')} (id integer)")
     before = AuditEntry.objects.count()
     with pytest.raises(StateMoved, match=f"latest entry {started.pk}, expected None"):
         with transaction.atomic():
             with connection.cursor() as cursor:
-                cursor.execute(f"INSERT INTO w_{change.id.replace('-', '_')} VALUES (1)")
+                cursor.execute(f"INSERT INTO {own_table} VALUES (1)")
             audit_record(
                 event="change.applied", actor=Actor(name="tester"), environment="dev", change=change, state="APPLIED",
                 expected_entry_id=None, before_commit=lambda: None,
             )  # fmt: skip
     assert AuditEntry.objects.count() == before
-    with connection.cursor() as cursor:  # the session is usable, and the change's row is gone
-        cursor.execute(f"SELECT count(*) FROM w_{change.id.replace('-', '_')}")
-        assert cursor.fetchone() == (0,)
+    assert _count(own_table) == 0  # the session is usable, and the change's row is gone
     assert audit_verify(workers=1).ok
 
 
@@ -176,24 +187,18 @@ def test_inside_a_larger_transaction_the_entry_leaves_the_commit_to_it():
     assert AuditEntry.objects.count() == before  # rolled back with the larger transaction
 
 
-def test_an_entry_sent_with_the_commit_without_a_chain_head_commits_nothing():
+def test_an_entry_sent_with_the_commit_without_a_chain_head_commits_nothing(own_table):
     """The one refusal that is neither the fence nor the state: the chain head is gone (it is never
     deleted; this is the tripwire). The statement raises, so the COMMIT sent with it is skipped."""
     audit_record(event="test.warm", actor=Actor(name="tester"), environment="dev")
-    table = f"w_{uuid.uuid4().hex[:8]}"
-    with connection.cursor() as cursor:
-        cursor.execute(f"CREATE TABLE {table} (id integer)")
     before = AuditEntry.objects.count()
     with pytest.raises(RuntimeError, match=r"refused the entry \(no chain head\); the transaction it ended was rolled back"):
         with transaction.atomic():
             with connection.cursor() as cursor:
-                cursor.execute(f"INSERT INTO {table} VALUES (1)")
+                cursor.execute(f"INSERT INTO {own_table} VALUES (1)")
                 cursor.execute("DELETE FROM audit_app_chainhead")
             audit_record(event="test.headless", actor=Actor(name="tester"), environment="dev", before_commit=lambda: None)
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT count(*) FROM {table}")
-        assert cursor.fetchone() == (0,)
-        cursor.execute("SELECT count(*) FROM audit_app_chainhead")
-        assert cursor.fetchone() == (1,)  # the delete went with the rest
+    assert _count(own_table) == 0
+    assert _count("audit_app_chainhead") == 1  # the delete went with the rest
     assert AuditEntry.objects.count() == before
     assert audit_verify(workers=1).ok

@@ -232,22 +232,29 @@ def test_run_started_and_lock_acquired_each_go_with_their_commit(make_pipeline, 
     assert {"run.started", "lock.acquired"} <= set(run_events(run))
 
 
-def test_a_lock_whose_acquired_entry_does_not_commit_is_released_at_once(make_pipeline, unique, journal, monkeypatch):
+@pytest.mark.parametrize("failing", ["lock.acquired", "idle transaction limit"])
+def test_a_lock_whose_acquired_entry_does_not_commit_is_released_at_once(make_pipeline, unique, journal, monkeypatch, failing):
     """The lock is held only once ``lock.acquired`` has committed with the run's token. If that
-    commit fails, the lease is released and its heartbeat stopped: a worker that lives on must not
-    keep every later run locked out."""
+    commit fails, or the session setting before it, the lease is released and its heartbeat stopped:
+    a worker that lives on must not keep every later run locked out."""
     change = f"a-{unique}"
     make_pipeline({"main": {"0001_a.py": journal_change(change)}})
     first = services.run_create(actor=local_operator(), source=Run.Source.API)
     audit = engine.Executor.audit
 
-    def failing(self, event, **kwargs):
+    def failing_audit(self, event, **kwargs):
         if event == "lock.acquired":
             raise DatabaseError("the audit store went away")
         return audit(self, event, **kwargs)
 
+    def failing_limit(self):
+        raise DatabaseError("the audit store went away")
+
     with monkeypatch.context() as patched:
-        patched.setattr(engine.Executor, "audit", failing)
+        if failing == "lock.acquired":
+            patched.setattr(engine.Executor, "audit", failing_audit)
+        else:
+            patched.setattr(engine.Executor, "_limit_idle_transactions", failing_limit)
         with pytest.raises(DatabaseError, match="the audit store went away"):
             services.run_execute(run_id=first.id)
 

@@ -59,23 +59,25 @@ def test_shared_change_killed_before_commit_leaves_neither_effect_nor_entry(make
     assert table_exists(f"s_{unique}")
 
 
-def _shared_insert_then(change: str, table: str, then: str) -> str:
-    """A shared change that inserts a row, then runs ``then`` (the lock taken over, the run cancelled)."""
-    return (
+def _shared_insert_then(make_pipeline, change: str, table: str, then: str) -> None:
+    """A pipeline of one shared change that inserts a row into ``table`` (created here), then runs
+    ``then`` (the lock taken over, the run cancelled...)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {table} (id integer PRIMARY KEY)")
+    source = (
         "from audit_app.services import Actor\nfrom changes_app import services\nfrom changes_app.definitions import Change\n"
         "from changes_app.locks import fence_advance, lock_backend\n\n\n"
         f"class Sql(Change):\n    id = {change!r}\n    author = 'tests'\n    target = 'app-db'\n\n"
         f"    def apply(self, cursor, context):\n        cursor.execute('INSERT INTO {table} (id) VALUES (1)')\n        {then}\n"
     )
+    make_pipeline({"main": {"0001_insert.py": source}})
 
 
 def test_shared_change_whose_lock_was_taken_over_is_rolled_back_with_its_refused_entry(make_pipeline, unique):
     """The fence refuses the APPLIED entry (on PostgreSQL the statement sent with the COMMIT raises,
     so the COMMIT is skipped): the change's row goes with it and the ledger does not move."""
     change, table = f"taken-{unique}", f"t_{unique}"
-    with connection.cursor() as cursor:
-        cursor.execute(f"CREATE TABLE {table} (id integer PRIMARY KEY)")
-    make_pipeline({"main": {"0001_insert.py": _shared_insert_then(change, table, "fence_advance(lock_backend().name)")}})
+    _shared_insert_then(make_pipeline, change, table, "fence_advance(lock_backend().name)")
 
     run = run_pipeline()
 
@@ -90,15 +92,13 @@ def test_shared_change_whose_lock_was_taken_over_is_rolled_back_with_its_refused
 @pytest.mark.postgres  # on SQLite the cancel waits for the change's write lock: it cannot land meanwhile
 def test_shared_change_of_a_run_cancelled_meanwhile_is_rolled_back_and_the_run_says_who_cancelled(make_pipeline, unique):
     change, table = f"cancelled-{unique}", f"c_{unique}"
-    with connection.cursor() as cursor:
-        cursor.execute(f"CREATE TABLE {table} (id integer PRIMARY KEY)")
     # An operator elsewhere (another connection, committed) cancels while the change is under way.
     cancel = (
         "import threading; from django.db import connection as c; "
         "t = threading.Thread(target=lambda: (services.run_cancel(run_id=context.run_id, actor=Actor(name='operator')), c.close())); "
         "t.start(); t.join()"
     )
-    make_pipeline({"main": {"0001_insert.py": _shared_insert_then(change, table, cancel)}})
+    _shared_insert_then(make_pipeline, change, table, cancel)
 
     run = run_pipeline()
 
@@ -115,14 +115,12 @@ def test_shared_change_whose_entry_the_database_hashed_otherwise_stops_the_run_a
     committed, so the run stops on the mismatch and names it (treated as a failed apply, the
     FAILED entry would be refused and the run would blame another holder)."""
     change, table = f"hashed-{unique}", f"h_{unique}"
-    with connection.cursor() as cursor:
-        cursor.execute(f"CREATE TABLE {table} (id integer PRIMARY KEY)")
     # For the APPLIED entry only: the writer's re-check formats the time as no server would.
     once = (
         "import audit_app.services as writer; original = writer.timestamp_text; "
         "writer.timestamp_text = lambda value: (setattr(writer, 'timestamp_text', original), 'not the server format')[1]"
     )
-    make_pipeline({"main": {"0001_insert.py": _shared_insert_then(change, table, once)}})
+    _shared_insert_then(make_pipeline, change, table, once)
 
     run = run_pipeline()
 

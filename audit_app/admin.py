@@ -25,12 +25,12 @@ from django.utils.html import format_html, format_html_join
 from django.utils.text import capfirst, smart_split, unescape_string_literal
 from django.utils.translation import gettext_lazy as _
 
-from .export import FORMATS, ExportFilters, audit_export
-from .models import AuditCheckpoint, AuditEntry, ChainHead, ChangeState, Verification
+from audit_app.export import FORMATS, ExportFilters, audit_export
+from audit_app.models import AuditCheckpoint, AuditEntry, ChainHead, ChangeState, Verification
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    actions = None
+class ReadOnlyMixin:
+    """A ModelAdmin that shows rows and never adds, edits or deletes one."""
 
     def has_add_permission(self, request):
         return False
@@ -40,6 +40,10 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class ReadOnlyAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    actions = None
 
 
 #: A filter offers at most this many values; a column with more is filtered by typing its value.

@@ -115,7 +115,7 @@ def timestamp_text(value: datetime) -> str:
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
-def _scalar(value: Any) -> Any:
+def scalar(value: Any) -> Any:
     if type(value) in _PLAIN or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)  # UUIDs
@@ -130,7 +130,7 @@ def entry_hash(seq: int, prev_hash: str, created_at: datetime, fields: dict[str,
     if version != 1:
         raise ValueError(f"unknown chain version {version}")
     values = [version, seq, prev_hash, timestamp_text(created_at)]
-    values += [_scalar(fields[name]) for name in HASHED_FIELDS[:-1]]
+    values += [scalar(fields[name]) for name in HASHED_FIELDS[:-1]]
     details = fields["details"]
     values.append(canonical_json(details if details is not None else {}))
     return _digest(values)

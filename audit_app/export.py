@@ -14,10 +14,10 @@ from datetime import datetime
 from django.db import connections, router
 from django.db.models.expressions import RawSQL
 
-from .chain import HASHED_FIELDS, ROW_COLUMNS, canonical_json, entry_hash, json_text_canonical, timestamp_text
-from .integrity import checkpoint_write
-from .models import AuditEntry
-from .signing import sign, signature_valid
+from audit_app.chain import HASHED_FIELDS, ROW_COLUMNS, canonical_json, entry_hash, json_text_canonical, timestamp_text
+from audit_app.integrity import checkpoint_write
+from audit_app.models import AuditEntry
+from audit_app.signing import sign, signature_valid
 
 FORMATS = ("csv", "jsonl")
 COLUMNS = ("seq", "id", "created_at", *HASHED_FIELDS, "hash_version", "prev_hash", "entry_hash")

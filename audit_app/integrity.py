@@ -7,13 +7,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, router, transaction
 from django.db.models import Exists, OuterRef
 
-from .chain import GENESIS_HASH, ROW_COLUMNS, TEXT_ROW_SQL, entry_hash_of_row, entry_hash_of_text_row
-from .models import AuditCheckpoint, AuditEntry, ChainHead, Verification
-from .signing import checkpoint_message, key_id, public_key_hex, sign, signature_valid, signing_key
+from audit_app.chain import GENESIS_HASH, ROW_COLUMNS, TEXT_ROW_SQL, entry_hash_of_row, entry_hash_of_text_row
+from audit_app.models import AuditCheckpoint, AuditEntry, ChainHead, Verification
+from audit_app.services import audit_record
+from audit_app.signing import checkpoint_message, key_id, public_key_hex, sign, signature_valid, signing_key
 
 #: Below this many entries, verification runs in-process; above, it is split across processes.
 PARALLEL_THRESHOLD = 50_000
@@ -235,10 +237,6 @@ def audit_verify(*, from_checkpoint: bool = False, workers: int | None = None) -
 
 def verification_record(report: Report, *, actor) -> Verification:
     """Store the outcome and audit it (``audit.verified``)."""
-    from django.conf import settings
-
-    from .services import audit_record
-
     with transaction.atomic(using=router.db_for_write(Verification)):
         verification = Verification.objects.create(
             mode=report.mode,

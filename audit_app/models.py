@@ -22,7 +22,7 @@ class ChangeStateName(models.TextChoices):
     SKIPPED = "SKIPPED", _("Skipped")
 
 
-#: The event written for each change state (DOMAIN §8).
+#: The event written for each change state (docs/semantics.md §11).
 STATE_EVENTS = {
     ChangeStateName.STARTED: "change.started",
     ChangeStateName.APPLIED: "change.applied",

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from .chain import timestamp_text
+from audit_app.chain import timestamp_text
 
 
 def _load(material: bytes) -> Ed25519PrivateKey:

@@ -2,19 +2,18 @@
 
 import logging
 
-from flamingock_site.celery import app
+from celery import shared_task
+from django.core.mail import mail_admins
+
+from audit_app.integrity import audit_verify, checkpoint_write, verification_record
+from audit_app.services import Actor
 
 logger = logging.getLogger("flamingock.audit")
 
 
-@app.task(name="flamingock.audit_verify", ignore_result=True)
+@shared_task(name="flamingock.audit_verify", ignore_result=True)
 def audit_verify_task() -> bool:
     """Recompute the whole chain, store and audit the outcome, and alert when it is broken."""
-    from django.core.mail import mail_admins
-
-    from .integrity import audit_verify, verification_record
-    from .services import Actor
-
     report = audit_verify()
     verification_record(report, actor=Actor(name="service:audit-verifier", via="schedule"))
     if not report.ok:
@@ -25,10 +24,8 @@ def audit_verify_task() -> bool:
     return report.ok
 
 
-@app.task(name="flamingock.audit_checkpoint", ignore_result=True)
+@shared_task(name="flamingock.audit_checkpoint", ignore_result=True)
 def audit_checkpoint_task() -> int | None:
     """Sign the chain head, so that removing the newest entries is detected too."""
-    from .integrity import checkpoint_write
-
     checkpoint = checkpoint_write(reason="schedule")
     return checkpoint.seq if checkpoint else None

@@ -1,4 +1,4 @@
-"""API latency with a large audit trail (issue 9): the ``api-latency`` analysis of
+"""API latency with a large audit trail (docs/performance.md): the ``api-latency`` analysis of
 bench/suites/api_latency.py, run alone. ``python bench/run.py --only api-latency`` runs the same
 inside the one command.
 

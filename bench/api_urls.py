@@ -7,7 +7,7 @@ an index range scan from a seq for the product. It is not in the product's URLs.
 from django.urls import include, path
 from rest_framework.pagination import PageNumberPagination
 
-from audit_app.api import AuditEntryList
+from changes_app.api.audit import AuditEntryList
 
 PEER_PATH = "bench/audit/entries/"
 

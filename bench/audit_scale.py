@@ -1,6 +1,6 @@
 """The audit trail at a million entries on PostgreSQL: CSV export beside ``psql \\copy`` (wall, peak
 memory), ``audit verify`` of the whole chain beside a single-threaded recompute, and verify from the
-last signed checkpoint. Since issue 9 this is the ``audit-bulk`` analysis of ``bench/run.py``
+last signed checkpoint. Now this is the ``audit-bulk`` analysis of ``bench/run.py``
 (``bench/suites/audit_bulk.py``); this script runs it alone. The admin changelist at the same size
 is the ``audit-admin`` analysis (``bench/suites/audit_admin.py``).
 

@@ -71,7 +71,7 @@ def statements() -> dict[str, str]:
         )
     (writer_sql, params), *_ = [(sql, params) for sql, params in sent if sql.startswith("WITH ")]
     writer = connection.ops.compose_sql(writer_sql, params)
-    # The parts of the writer's statement, by their CTE names (audit_app/services.py, _statement).
+    # The parts of the writer's statement, by their CTE names (audit_app/writer_postgresql.py, _statement).
     hash_expr = writer[writer.index("encode(", writer.index("x AS (")) : writer.index(" AS hash FROM v")]
     insert = writer[writer.index("e AS (INSERT INTO ") + len("e AS (") : writer.index(" RETURNING id, seq")]
     written = "SELECT x.seq, 1, x.prev, x.hash, x.ts,"

@@ -245,7 +245,7 @@ def standalone_context(pg_url: str, *, prefix: str = "flk-bench-", **options: An
     the PostgreSQL server of ``pg_url`` and a scratch directory; at the end the cleanups run (the
     throwaway databases are dropped), then the server is let go and the directory removed.
     ``options`` set the Context's fields (default: 1,000 changes, 5 repetitions, no warm-up)."""
-    from .pg import PostgresServer
+    from bench.pg import PostgresServer
 
     with tempfile.TemporaryDirectory(prefix=prefix) as workdir, contextlib.ExitStack() as cleanups:
         pg = PostgresServer(pg_url)

@@ -1,4 +1,4 @@
-"""Lock cycles (issue 9): the ``lock-cycles`` analysis of bench/suites/lock_cycles.py, run alone.
+"""Lock cycles (docs/performance.md): the ``lock-cycles`` analysis of bench/suites/lock_cycles.py, run alone.
 ``python bench/run.py --only lock-cycles`` runs the same inside the one command.
 
     python bench/lock_cycles.py                     # a throwaway migrated database, 5 rounds of 2,000 cycles

@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .harness import REPO
+from bench.harness import REPO
 
 
 def _cpu_model() -> str:

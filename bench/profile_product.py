@@ -159,10 +159,15 @@ def phases_measure(mode: str, size: int) -> dict:
     django.setup()
     phases.done("django.setup(): settings, app registry, models")
 
-    from changes_app import discovery, engine, services
-    from changes_app.identity import cli_actor
+    from changes_app import services
+    from changes_app.engine import executor as engine
+    from changes_app.governance.identity import cli_actor
+    from changes_app.cli import pipeline as cli_pipeline
+    from changes_app.cli.output import Output
     from changes_app.management.commands import flamingock as cli
+    from changes_app.services import runs as run_service
     from changes_app.models import Run
+    from changes_app.pipeline import discovery
 
     phases.done("import the CLI command and the services it uses")
 
@@ -204,7 +209,7 @@ def phases_measure(mode: str, size: int) -> dict:
 
     connection.ensure_connection()
     connection._commit = recorder.commit_wrapper(connection._commit, connection.connection.pgconn if connection.vendor == "postgresql" else None)
-    import audit_app.services as writer
+    import audit_app.writer_postgresql as writer
 
     if hasattr(writer, "_send_with_commit"):
         # A shared-transaction change's entry sent with COMMIT: one round trip that is both the
@@ -214,8 +219,7 @@ def phases_measure(mode: str, size: int) -> dict:
     phases.done("connect to the audit database")
 
     out = io.StringIO()
-    command = cli.Command(stdout=out, stderr=out)
-    command.as_json = False
+    output = Output(out, out, as_json=False)
     result: dict = {"mode": mode, "size": size}
     if mode == "plan":
         plan = services.pipeline_plan()
@@ -223,7 +227,7 @@ def phases_measure(mode: str, size: int) -> dict:
         original_plan = services.pipeline_plan
         services.pipeline_plan = lambda **kwargs: plan
         try:
-            command.do_plan({})
+            cli_pipeline.plan(output, {})
         finally:
             services.pipeline_plan = original_plan
         phases.done("render the plan table and write it")
@@ -231,20 +235,20 @@ def phases_measure(mode: str, size: int) -> dict:
         wrapped = [
             name
             for owner, name, tag in [
-                (services, "run_create", None),
-                (services, "catalogue_sync", None),
+                (run_service, "run_create", None),
+                (run_service, "catalogue_sync", None),
                 (engine.Executor, "acquire", "Executor.acquire"),
                 (engine.Executor, "plan", "Executor.plan"),
                 (engine.Executor, "execute_pipeline", "Executor.execute_pipeline"),
                 (engine.Executor, "apply", "Executor.apply"),
                 (engine.Executor, "release", "Executor.release"),
-                (services, "_run_finish", None),
+                (run_service, "_run_finish", None),
             ]
             if recorder.wrap(owner, name, tag)
         ]
         run = services.run_start(actor=cli_actor(), source=Run.Source.CLI)
         phases.done("run_start(): the whole run, lock to finish", status=run.status)
-        command.emit_run(run)
+        output.run(run)
         phases.done("render the results table and write it")
         if run.status != Run.Status.SUCCEEDED:
             raise SystemExit(f"the run did not succeed: {run.status} {run.status_reason}")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .harness import Analysis, Benchmark
+from bench.harness import Analysis, Benchmark
 
 
 def _s(value: float | None) -> str:
@@ -125,7 +125,7 @@ def report_markdown(meta: dict[str, Any], benchmarks: list[Benchmark], analyses:
         "Ratios are product / peer, both measured in this run on this machine: below 1 the product is faster. Compare ratios,",
         "not absolute seconds, across runs and machines (absolute times vary by 15 to 25 % from run to run).",
         "",
-        *(["## Goals (issue 9)", "", *goals_table(analyses), ""] if goals_of(analyses) else []),
+        *(["## Goals (docs/performance.md)", "", *goals_table(analyses), ""] if goals_of(analyses) else []),
         "## Ratios",
         "",
         *ratios_table(benchmarks),

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     md_path, json_path = report_write(output_dir, meta, benchmarks, analyses)
     if goals_table(analyses):
-        print("\n".join(["", "## Goals (issue 9)", "", *goals_table(analyses), ""]))
+        print("\n".join(["", "## Goals (docs/performance.md)", "", *goals_table(analyses), ""]))
     print("\n".join(["", "## Ratios (product / peer, below 1 = product faster)", "", *ratios_table(benchmarks), ""]))
     print("\n".join(["## Results", "", *results_table(benchmarks), ""]))
     if scaling_table(benchmarks):

@@ -7,17 +7,15 @@ class ChangesAppConfig(AppConfig):
     verbose_name = "Changes"
 
     def ready(self):
-        from . import checks, target_kinds  # noqa: F401  (register the system check; the redis, http, rabbitmq and mysql kinds)
-        from .targets import load_entry_point_kinds
+        # Registering is what these imports do: the system checks, the target kinds (each module
+        # registers its kind and templates), and the receivers of run_finished and of permission changes.
+        from changes_app import checks  # noqa: F401
+        from changes_app.governance.permission_audit import receivers_connect
+        from changes_app.services import notifications, requests  # noqa: F401
+        from changes_app.services.schedules import schedules_ensure
+        from changes_app.targets import http, mysql, rabbitmq, redis  # noqa: F401
+        from changes_app.targets.base import load_entry_point_kinds
 
         load_entry_point_kinds()
-        post_migrate.connect(_schedules_after_migrate, sender=self)
-        from .permission_audit import receivers_connect
-
+        post_migrate.connect(schedules_ensure, sender=self, dispatch_uid="flamingock.schedules_ensure")
         receivers_connect()
-
-
-def _schedules_after_migrate(sender, **kwargs):
-    from .schedules import schedules_ensure
-
-    schedules_ensure()

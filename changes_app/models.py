@@ -232,7 +232,7 @@ class ApprovalPolicy(models.Model):
 
 
 class ChangeRequest(models.Model):
-    """A governed action on one change, bound to its id, checksum and environment (DOMAIN §6)."""
+    """A governed action on one change, bound to its id, checksum and environment (docs/semantics.md §9)."""
 
     class Kind(models.TextChoices):
         APPLY = "APPLY", _("Apply")
@@ -366,7 +366,7 @@ class IdempotencyKey(models.Model):
 
 
 class Finding(models.Model):
-    """One drift condition (DOMAIN §9), stored once per fingerprint and updated by every check
+    """One drift condition (docs/semantics.md §10), stored once per fingerprint and updated by every check
     that sees it again; a check that no longer sees it resolves it."""
 
     class Check(models.TextChoices):

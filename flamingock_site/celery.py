@@ -102,7 +102,7 @@ def _worker_init(sender=None, **kwargs):
             settings_dict["CONN_HEALTH_CHECKS"] = True
         signals.task_prerun.connect(_task_prerun, weak=False)
         signals.task_postrun.connect(_task_postrun, weak=False)
-    from changes_app.services import worker_prepare
+    from changes_app.tasks import worker_prepare
 
     worker_prepare(connect=False)
     # Connected here, after the Django fixup's own handler that closes what a child inherited.
@@ -110,7 +110,7 @@ def _worker_init(sender=None, **kwargs):
 
 
 def _worker_process_init(**kwargs):
-    from changes_app.services import worker_prepare
+    from changes_app.tasks import worker_prepare
 
     worker_prepare(connect=True)
 

@@ -32,9 +32,9 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],test
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
-    # The admin's modules are imported by the URL configuration (flamingock_site/urls.py), not at
-    # start-up: a CLI command that serves no page does not pay for them (bench/README.md, startup).
-    "django.contrib.admin.apps.SimpleAdminConfig",
+    # Django's admin without autodiscovery at start-up (flamingock_site/urls.py discovers the other
+    # apps' admin modules), with the product's own site as the default one.
+    "flamingock_site.admin_apps.FlamingockAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -64,7 +64,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # Who changes group memberships and permissions, for their audit entries.
-    "changes_app.permission_audit.ActingUserMiddleware",
+    "changes_app.governance.permission_audit.ActingUserMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -115,7 +115,7 @@ def _database_from_environment() -> dict:
         )
         if config["ENGINE"] == "django.db.backends.postgresql":
             # A paused lock holder must not block a takeover: the server ends a transaction left
-            # idle for half a lease (DOMAIN §7); the engine sets the same on its runner connection.
+            # idle for half a lease (docs/semantics.md §6); the engine sets the same on its runner connection.
             lease_ms = int(float(os.environ.get("FLAMINGOCK_LOCK_LEASE", "60")) * 500)
             config.setdefault("OPTIONS", {})["options"] = f"-c idle_in_transaction_session_timeout={lease_ms}"
             # Keep test databases of parallel runs apart.
@@ -127,7 +127,7 @@ def _database_from_environment() -> dict:
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": str(path),
         # WAL, immediate transactions and a busy timeout let web, worker and beat share one file
-        # without "database is locked" (DOMAIN §7).
+        # without "database is locked" (docs/semantics.md §6).
         "OPTIONS": {
             "transaction_mode": "IMMEDIATE",
             "timeout": 30,
@@ -242,6 +242,8 @@ FLAMINGOCK_BASE_URL = os.environ.get("FLAMINGOCK_BASE_URL", "http://127.0.0.1:80
 FLAMINGOCK_WEBHOOK_URLS = env_list("FLAMINGOCK_WEBHOOK_URLS")
 #: Seconds one live drift probe (a change's verify) may take before it counts as a failed probe.
 FLAMINGOCK_DRIFT_PROBE_TIMEOUT = float(os.environ.get("FLAMINGOCK_DRIFT_PROBE_TIMEOUT", "30"))
+#: The Celery app that services queue tasks on, by name (a host project names its own).
+FLAMINGOCK_CELERY_APP = "flamingock_site.celery.app"
 
 # --- REST API (/api/v1/) -------------------------------------------------------------------------
 REST_FRAMEWORK = {

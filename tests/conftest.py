@@ -19,7 +19,8 @@ import psycopg
 import pytest
 from django.db import connection
 
-from changes_app.discovery import pipeline_load
+from changes_app.pipeline.discovery import pipeline_load
+from flamingock_site.celery import app as celery_app  # noqa: F401  (the app the shared tasks bind to, as in a worker)
 from tests.support import dbreset
 from tests.support.targets import Journal
 
@@ -38,16 +39,17 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``postgres`` run in the PostgreSQL pass of bin/test; the SQLite pass says so."""
-    if _audit_vendor() == "postgresql":
-        return
-    deselected = [item for item in items if item.get_closest_marker("postgres")]
+    """Tests marked ``postgres`` run in the PostgreSQL pass of bin/test, tests marked ``sqlite_pass``
+    (which make their own SQLite databases whatever the pass) in the SQLite pass; each pass says so."""
+    postgres = _audit_vendor() == "postgresql"
+    other, where = ("sqlite_pass", "SQLite") if postgres else ("postgres", "PostgreSQL")
+    deselected = [item for item in items if item.get_closest_marker(other)]
     if deselected:
-        items[:] = [item for item in items if not item.get_closest_marker("postgres")]
+        items[:] = [item for item in items if not item.get_closest_marker(other)]
         config.hook.pytest_deselected(items=deselected)
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            reporter.write_line(f"flamingock: {len(deselected)} PostgreSQL-only tests deselected on SQLite; they run in the PostgreSQL pass")
+            reporter.write_line(f"flamingock: {len(deselected)} {where}-pass-only tests deselected here; they run in the {where} pass")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""API audit list at 1,000,000 entries (issue 9): latency at a fixed rate and throughput, against
+"""API audit list at 1,000,000 entries (docs/performance.md): latency at a fixed rate and throughput, against
 the same list with DRF's default page-number pagination.
 
 The server runs the way production does (docs/operators.md, "Serving the admin and the API"):
@@ -352,10 +352,10 @@ import django; django.setup()
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from guardian.shortcuts import assign_perm
-from changes_app.identity import token_create
+from changes_app.governance.identity import token_create
 from changes_app.models import TargetSystem
-from changes_app.roles import COMPLIANCE_OFFICER, roles_ensure
-from changes_app.services import target_systems_sync
+from changes_app.governance.roles import COMPLIANCE_OFFICER, roles_ensure
+from changes_app.services.catalogue import target_systems_sync
 roles_ensure()
 target_systems_sync()
 users = get_user_model().objects

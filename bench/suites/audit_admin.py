@@ -31,11 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..harness import REPO, Analysis, BenchmarkError, Context, Suite, log, percentile, standalone_context, summary
+from bench.harness import REPO, Analysis, BenchmarkError, Context, Suite, log, percentile, standalone_context, summary
 
 GOAL_MS = 50.0
 PRODUCT_PREFIX, PEER_PREFIX = "/admin/audit_app/auditentry/", "/bench-peer/audit_app/auditentry/"
-#: (key, title, product query, peer query, has a goal in issue 9)
+#: (key, title, product query, peer query, has a goal in docs/performance.md)
 CASES = [
     ("first", "first page", "", "", True),
     ("filtered", "filtered page (event = change.failed)", "?event=change.failed", "?event=change.failed", True),
@@ -268,7 +268,7 @@ def audit_admin_analysis(context: Context) -> Analysis:
         repeat = 3 if context.quick else max(20, context.repeat)
         return measure(context, entries=entries, repeat=repeat, warmup=1 if context.quick else 3)
 
-    return Analysis(name="audit-admin", title="Admin audit changelist against the stock Django changelist (issue 9)", run=run)
+    return Analysis(name="audit-admin", title="Admin audit changelist against the stock Django changelist (docs/performance.md)", run=run)
 
 
 def suite(context: Context) -> Suite:

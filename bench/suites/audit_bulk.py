@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..harness import REPO, Analysis, BenchmarkError, Context, Suite, log, percentile, standalone_context, summary
-from ..machine import load_average
+from bench.harness import REPO, Analysis, BenchmarkError, Context, Suite, log, percentile, standalone_context, summary
+from bench.machine import load_average
 
 NAME = "audit-bulk"
 EXPORT_RATIO_GOAL = 3.0
@@ -335,7 +335,9 @@ def audit_bulk_analysis(context: Context) -> Analysis:
         return measure(context, entries=entries, repeat=repeat)
 
     return Analysis(
-        name=NAME, title="Audit export and verify at 1,000,000 entries against psql \\copy and a single-threaded recompute (issue 9)", run=run
+        name=NAME,
+        title="Audit export and verify at 1,000,000 entries against psql \\copy and a single-threaded recompute (docs/performance.md)",
+        run=run,
     )
 
 

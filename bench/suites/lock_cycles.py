@@ -1,6 +1,6 @@
 """Issue 9: the pipeline lock's cycle against redis-py's ``Lock`` (the ``lock-cycles`` analysis).
 
-Product: the Redis lease lock (``changes_app.redis_lock.RedisLeaseLock``): acquire, take the
+Product: the Redis lease lock (``changes_app.locks.redis.RedisLeaseLock``): acquire, take the
 fencing token from the audit database, release by compare-and-delete; and the same cycle with the
 audit entries the engine writes around it, exactly as ``Executor.acquire``/``release`` write them
 (``lock.acquired`` after acquiring, ``lock.released`` after releasing, through ``audit_record``).
@@ -30,8 +30,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..harness import REPO, Analysis, BenchmarkError, Context, Suite, log, percentile
-from ..machine import load_average
+from bench.harness import REPO, Analysis, BenchmarkError, Context, Suite, log, percentile
+from bench.machine import load_average
 
 NAME = "lock-cycles"
 REDIS_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
@@ -62,7 +62,7 @@ def measure(*, cycles: int, rounds: int, redis_url: str = REDIS_URL, warmup: int
 
     from audit_app.models import AuditEntry
     from audit_app.services import Actor, audit_record
-    from changes_app.redis_lock import RedisLeaseLock
+    from changes_app.locks.redis import RedisLeaseLock
 
     tag = uuid.uuid4().hex[:8]
     lock = RedisLeaseLock(f"bench:lock-cycles:{tag}", lease_seconds=60, url=redis_url)
@@ -314,7 +314,7 @@ def analyse(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def run_analysis(context: Context, output_dir: Path, *, cycles: int | None = None, rounds: int | None = None) -> tuple[str, dict[str, Any]]:
-    from ..audit_data import audit_database, product_env
+    from bench.audit_data import audit_database, product_env
 
     cycles = cycles or (200 if context.quick else 2000)
     rounds = rounds or 5

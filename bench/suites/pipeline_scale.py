@@ -7,7 +7,7 @@ project of N revisions in a chain, and the framework-free floor (one transaction
 audit-shaped row per change, psycopg alone). Every tool gets a fresh database for every apply
 repetition, cloned from a template that holds its schema and the ``bench_row`` table (the clone is
 not timed). The ``pipeline-goals`` analysis reads the results once they ran and sets them against
-the goals of issue 9.
+the performance goals (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ..generate import (
+from bench.generate import (
     BENCH_TABLE,
     BENCH_TABLE_DDL,
     FLOOR_AUDIT_TABLE,
@@ -30,7 +30,7 @@ from ..generate import (
     peer_project_write,
     product_changes_write,
 )
-from ..harness import Analysis, Benchmark, BenchmarkError, Case, Comparison, Context, Suite, log
+from bench.harness import Analysis, Benchmark, BenchmarkError, Case, Comparison, Context, Suite, log
 
 PRODUCT = "flamingock"
 PEER = "django"
@@ -595,7 +595,7 @@ def profile_markdown(data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-# -- the goals of issue 9 ---------------------------------------------------------------------------
+# -- the performance goals (docs/performance.md) ---------------------------------------------------------------------------
 
 #: Issue 9: the product's apply costs less than this per change, marginally, with its guarantees on.
 MARGINAL_GOAL_MS = 0.9
@@ -777,7 +777,7 @@ def goals_analysis(benchmarks: list[Benchmark], profiles: dict[int, Analysis], s
             "versions": versions,
         }
 
-    return Analysis(name="pipeline-goals", title="Goals: plan and apply against the peers (issue 9)", run=run)
+    return Analysis(name="pipeline-goals", title="Goals: plan and apply against the peers (docs/performance.md)", run=run)
 
 
 def suite(context: Context) -> Suite:

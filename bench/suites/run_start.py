@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..harness import REPO, Analysis, BenchmarkError, Context, Suite, log, percentile, standalone_context
+from bench.harness import REPO, Analysis, BenchmarkError, Context, Suite, log, percentile, standalone_context
 
 GOAL_RATIO = 2.0
 PACKAGE = "flk_bench_run_start"
@@ -459,7 +459,7 @@ def drive(options: argparse.Namespace) -> None:
     from django.db import connection
 
     from changes_app import services
-    from changes_app.identity import cli_actor
+    from changes_app.governance.identity import cli_actor
     from changes_app.models import Run
     from changes_app.tasks import run_execute_task
 

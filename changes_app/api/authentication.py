@@ -1,6 +1,6 @@
 """Personal API tokens in the ``Authorization`` header: ``Bearer <key>`` or ``Token <key>``.
 
-Only the key's hash is stored; :func:`changes_app.identity.token_user` finds the active user of a
+Only the key's hash is stored; :func:`changes_app.governance.identity.token_user` finds the active user of a
 valid, unrevoked, unexpired token.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from ..identity import token_user
+from changes_app.governance.identity import token_user
 
 KEYWORDS = ("bearer", "token")
 

@@ -11,8 +11,9 @@ from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
-from .. import approvals, services
-from ..governance import PermissionRefused
+from changes_app.governance.permissions import PermissionRefused
+from changes_app.services import requests as approvals
+from changes_app.services import runs as services
 
 #: code -> (HTTP status, what it means). The schema lists these.
 CODES: dict[str, tuple[int, str]] = {

@@ -1,31 +1,56 @@
 """Serializers translate: request bodies into service arguments, results into JSON. They hold no
-business rule (the services do)."""
+business rule (the services do).
+
+An output serializer declares its fields for the OpenAPI schema and returns the dict of
+``services.representations``, which the command line's ``--json`` prints too: the two cannot give
+different JSON for the same object, and the command line starts without Django REST framework.
+"""
 
 from __future__ import annotations
 
 from rest_framework import serializers
+from rest_framework.utils.serializer_helpers import ReturnDict
 
 from audit_app.models import AuditEntry, ChangeStateName
+from changes_app.api.errors import CODES
 from changes_app.models import ChangeRequest, Finding, Run, TargetSystem
-from changes_app.resolver import Action
+from changes_app.pipeline.plan import Action
+from changes_app.services import representations
 
-from .errors import CODES
+__all__ = [
+    "AuditEntrySerializer",
+    "ChangeSerializer",
+    "ChangeStateName",
+    "DecisionSerializer",
+    "ErrorDetailSerializer",
+    "ErrorSerializer",
+    "FindingSerializer",
+    "IssueSerializer",
+    "LockHolderSerializer",
+    "LockSerializer",
+    "PlanSerializer",
+    "PlanStageSerializer",
+    "ReasonSerializer",
+    "RequestCreateSerializer",
+    "RequestSerializer",
+    "RunCreateSerializer",
+    "RunSerializer",
+    "SubmissionSerializer",
+    "TargetSystemSerializer",
+    "ValidationSerializer",
+]
 
 
-class ErrorDetailSerializer(serializers.Serializer):
-    code = serializers.ChoiceField(choices=sorted(CODES), help_text="Stable error code; see the API description.")
-    message = serializers.CharField()
-    details = serializers.DictField(help_text="Per-field messages for `invalid`; empty otherwise.")
-
-
-class ErrorSerializer(serializers.Serializer):
-    error = ErrorDetailSerializer()
+# -- output: the fields for the schema, the JSON from services.representations -------------------------
 
 
 class TargetSystemSerializer(serializers.ModelSerializer):
     class Meta:
         model = TargetSystem
         fields = ("name", "kind", "description", "configuration", "owner_team", "created_at", "retired_at")
+
+    def to_representation(self, instance):
+        return representations.target_system_data(instance)
 
 
 class ChangeSerializer(serializers.Serializer):
@@ -49,6 +74,9 @@ class ChangeSerializer(serializers.Serializer):
     checksum = serializers.CharField()
     recorded_checksum = serializers.CharField(allow_null=True)
 
+    def to_representation(self, instance):
+        return representations.change_data(instance)
+
 
 class PlanStageSerializer(serializers.Serializer):
     name = serializers.CharField()
@@ -57,11 +85,17 @@ class PlanStageSerializer(serializers.Serializer):
 
 
 class PlanSerializer(serializers.Serializer):
+    """The plan by stage, as the API shows it."""
+
     environment = serializers.CharField()
     digest = serializers.CharField()
     stages = PlanStageSerializer(many=True)
     missing = serializers.ListField(child=serializers.CharField(), help_text="Applied changes whose code disappeared.")
     notices = serializers.ListField(child=serializers.CharField())
+
+    def to_representation(self, instance):
+        # The context's ``targets`` are the target systems the reader sees (None: all of them).
+        return representations.plan_data(instance, self.context.get("targets"))
 
 
 class IssueSerializer(serializers.Serializer):
@@ -78,6 +112,9 @@ class IssueSerializer(serializers.Serializer):
     error_entry = serializers.IntegerField(allow_null=True)
     guidance = serializers.ListField(child=serializers.CharField())
 
+    def to_representation(self, instance):
+        return representations.issue_data(instance)
+
 
 class RunSerializer(serializers.ModelSerializer):
     progress = serializers.SerializerMethodField()
@@ -91,11 +128,11 @@ class RunSerializer(serializers.ModelSerializer):
         )  # fmt: skip
 
     def get_progress(self, run) -> dict[str, int | str]:
-        return {"done": run.progress_done, "total": run.progress_total, "current_change": run.current_change}
+        # Declares the field's type for the schema; to_representation gives its value.
+        return representations.run_data(run)["progress"]
 
-
-class RunCreateSerializer(serializers.Serializer):
-    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+    def to_representation(self, instance):
+        return representations.run_data(instance)
 
 
 class RequestSerializer(serializers.ModelSerializer):
@@ -113,17 +150,15 @@ class RequestSerializer(serializers.ModelSerializer):
             "created_at", "decided_at", "expires_at", "run_id",
         )  # fmt: skip
 
+    # These declare the fields' types for the schema; to_representation gives their values.
     def get_approved_by(self, request) -> list[str]:
-        return [a.approver_name for a in request.approvals.all() if a.decision == "APPROVE"]
+        return representations.request_data(request)["approved_by"]
 
     def get_rejected_by(self, request) -> list[str]:
-        return [a.approver_name for a in request.approvals.all() if a.decision == "REJECT"]
+        return representations.request_data(request)["rejected_by"]
 
-
-class RequestCreateSerializer(serializers.Serializer):
-    kind = serializers.ChoiceField(choices=ChangeRequest.Kind.choices)
-    change_id = serializers.CharField(max_length=200)
-    reason = serializers.CharField(max_length=5000, help_text="Why; required and recorded in the trail.")
+    def to_representation(self, instance):
+        return representations.request_data(instance)
 
 
 class SubmissionSerializer(serializers.Serializer):
@@ -134,13 +169,8 @@ class SubmissionSerializer(serializers.Serializer):
     request = RequestSerializer(allow_null=True)
     run = RunSerializer(allow_null=True)
 
-
-class DecisionSerializer(serializers.Serializer):
-    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
-
-
-class ReasonSerializer(serializers.Serializer):
-    reason = serializers.CharField(max_length=5000)
+    def to_representation(self, instance):
+        return representations.submission_data(instance)
 
 
 class FindingSerializer(serializers.ModelSerializer):
@@ -164,11 +194,14 @@ class FindingSerializer(serializers.ModelSerializer):
             "status_changed_at",
             "status_by",
             "status_reason",
+            "fingerprint",
         )
 
+    def to_representation(self, instance):
+        return representations.finding_data(instance)
 
-class LockSerializer(serializers.Serializer):
-    held = serializers.BooleanField()
+
+class LockHolderSerializer(serializers.Serializer):
     name = serializers.CharField(allow_null=True)
     run_id = serializers.CharField(allow_null=True)
     holder = serializers.CharField(allow_null=True)
@@ -179,15 +212,81 @@ class LockSerializer(serializers.Serializer):
     expires_at = serializers.DateTimeField(allow_null=True)
     expired = serializers.BooleanField()
 
+    def to_representation(self, instance):
+        return representations.lock_holder_data(instance)
+
+
+class LockSerializer(LockHolderSerializer):
+    """The pipeline lock: whether it is held and, flat, by whom (every holder field null when free)."""
+
+    held = serializers.BooleanField()
+
+    @property
+    def data(self):
+        # DRF gives a serializer whose instance is None its fields' initial values (empty strings),
+        # but a free lock is a state with its own body: every holder field null.
+        return ReturnDict(representations.lock_data(self.instance), serializer=self)
+
+    def to_representation(self, instance):
+        return representations.lock_data(instance)
+
 
 class AuditEntrySerializer(serializers.ModelSerializer):
     state = serializers.CharField(allow_blank=True, help_text="The change state the entry records; empty for other events.")
 
     class Meta:
         model = AuditEntry
-        fields = (
-            "id", "seq", "event", "created_at", "environment", "change_id", "stage", "order", "target", "state",
-            "checksum", "transaction_strategy", "recovery_strategy", "run_id", "actor", "host", "pid",
-            "fencing_token", "duration_ms", "reason", "error", "rollback_error", "details", "prev_hash", "entry_hash",
-        )  # fmt: skip
+        fields = representations.AUDIT_ENTRY_FIELDS
         read_only_fields = fields
+
+    def to_representation(self, instance):
+        return representations.audit_entry_data(instance)
+
+
+class ValidationSerializer(serializers.Serializer):
+    """The deploy gate: what stops a deploy, and the exit code ``flamingock validate`` exits with."""
+
+    valid = serializers.BooleanField(help_text="True when the exit code is 0.")
+    exit_code = serializers.IntegerField(help_text="0 valid, 6 drift, 3 blocked, 4 awaiting approval, 7 pending (the first that applies).")
+    exit_name = serializers.CharField(help_text="The exit code's name: OK, INTEGRITY, BLOCKED, AWAITING_APPROVAL or PENDING.")
+    exit_reason = serializers.CharField(help_text="Why the gate gives this exit code.")
+    checksum_drift = serializers.ListField(child=serializers.CharField(), help_text="Applied changes edited since.")
+    missing_from_code = serializers.ListField(child=serializers.CharField(), help_text="Applied changes whose code disappeared.")
+    blocked = serializers.ListField(child=serializers.CharField(), help_text="Changes needing a human, or out of order.")
+    awaiting_approval = serializers.ListField(child=serializers.CharField())
+    pending = serializers.ListField(child=serializers.CharField(), help_text="Changes the next run applies or reconciles.")
+    findings = FindingSerializer(many=True, help_text="Open drift findings.")
+
+    def to_representation(self, instance):
+        return representations.validation_data(instance)
+
+
+# -- input: request bodies, and the error body ---------------------------------------------------------
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.ChoiceField(choices=sorted(CODES), help_text="Stable error code; see the API description.")
+    message = serializers.CharField()
+    details = serializers.DictField(help_text="Per-field messages for `invalid`; empty otherwise.")
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()
+
+
+class RunCreateSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+class RequestCreateSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=ChangeRequest.Kind.choices)
+    change_id = serializers.CharField(max_length=200)
+    reason = serializers.CharField(max_length=5000, help_text="Why; required and recorded in the trail.")
+
+
+class DecisionSerializer(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+
+
+class ReasonSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=5000)

@@ -1,8 +1,7 @@
 from django.urls import path, re_path
 
-from audit_app import api as audit_api
-
-from . import views
+from changes_app.api import audit as audit_api
+from changes_app.api import views
 
 app_name = "api"
 
@@ -12,6 +11,7 @@ urlpatterns = [
     path("changes/", views.ChangeList.as_view(), name="change-list"),
     path("changes/<str:change_id>/", views.ChangeDetail.as_view(), name="change-detail"),
     path("plan/", views.PlanView.as_view(), name="plan"),
+    path("validate/", views.ValidateView.as_view(), name="validate"),
     path("issues/", views.IssueList.as_view(), name="issue-list"),
     path("issues/<str:change_id>/", views.IssueDetail.as_view(), name="issue-detail"),
     path("runs/", views.RunList.as_view(), name="run-list"),

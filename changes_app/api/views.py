@@ -13,36 +13,26 @@ from django.db import IntegrityError, transaction
 from django.http import Http404
 from django.views.decorators.csrf import csrf_exempt
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import approvals, drift, services
-from ..guidance import issue_details
-from ..identity import user_actor
-from ..models import ChangeRequest, Finding, IdempotencyKey, Run, TargetSystem
-from ..resolver import Action, Plan, PlanItem
-from . import permissions as access
-from . import serializers as s
-from .errors import ApiError, error_body, exception_handler
-from .filters import UtcIsoDateTimeFilter
+from changes_app import services
+from changes_app.api import permissions as access
+from changes_app.api import serializers as s
+from changes_app.api.errors import ApiError, error_body, exception_handler
+from changes_app.api.filters import UtcIsoDateTimeFilter
+from changes_app.api.schema import error_responses
+from changes_app.drift import checks as drift
+from changes_app.governance import visibility
+from changes_app.governance.identity import user_actor
+from changes_app.models import ChangeRequest, Finding, IdempotencyKey, Run, TargetSystem
+from changes_app.pipeline.guidance import issue_details
+from changes_app.pipeline.plan import Action, Plan, PlanItem
 
 SOURCE = Run.Source.API
 ISSUE_ACTIONS = (Action.MANUAL_INTERVENTION, Action.OUT_OF_ORDER)
-
-
-def _errors(*codes: int) -> dict:
-    described = {
-        400: "Invalid input (code `invalid` or `parse_error`).",
-        401: "Not authenticated.",
-        403: "Permission denied (`permission_denied`, `self_decision`).",
-        404: "Not found, or not visible to you, or a page past the end (`not_found`).",
-        409: "Refused in the current state (`action_refused`, `request_*`, `pipeline_invalid`, `idempotency_in_progress`).",
-        422: "Idempotency-Key reused with another request (`idempotency_key_reused`).",
-        429: "Throttled.",
-    }
-    return {code: OpenApiResponse(s.ErrorSerializer, description=described[code]) for code in (401, 429, *codes)}
 
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
@@ -95,7 +85,9 @@ def idempotent(request, perform) -> Response:
 
 
 @extend_schema_view(
-    get=extend_schema(summary="List the target systems you may see", responses={200: s.TargetSystemSerializer(many=True), **_errors(400, 404)}),
+    get=extend_schema(
+        summary="List the target systems you may see", responses={200: s.TargetSystemSerializer(many=True), **error_responses(400, 404)}
+    ),
 )
 class TargetSystemList(generics.ListAPIView):
     queryset = TargetSystem.objects.none()
@@ -105,10 +97,10 @@ class TargetSystemList(generics.ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return self.queryset
-        return access.targets_visible(self.request.user).order_by("name")
+        return visibility.targets_visible(self.request.user).order_by("name")
 
 
-@extend_schema_view(get=extend_schema(summary="A target system", responses={200: s.TargetSystemSerializer, **_errors(404)}))
+@extend_schema_view(get=extend_schema(summary="A target system", responses={200: s.TargetSystemSerializer, **error_responses(404)}))
 class TargetSystemDetail(generics.RetrieveAPIView):
     queryset = TargetSystem.objects.none()
     serializer_class = s.TargetSystemSerializer
@@ -118,28 +110,14 @@ class TargetSystemDetail(generics.RetrieveAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return self.queryset
-        return access.targets_visible(self.request.user)
+        return visibility.targets_visible(self.request.user)
 
 
 # -- changes, plan, issues -------------------------------------------------------------------------
 
 
-def _change(item: PlanItem) -> dict:
-    change = item.change
-    return {
-        **item.as_dict(),
-        "author": change.author,
-        "description": change.description,
-        "kind": change.kind,
-        "transactional": change.transactional,
-        "recovery": getattr(change.recovery, "value", change.recovery),
-        "has_rollback": change.has_rollback,
-        "has_verify": change.has_verify,
-    }
-
-
 def _visible_plan(request) -> tuple[Plan, set[str]]:
-    return services.pipeline_plan(), access.target_names_visible(request.user)
+    return services.pipeline_plan(), visibility.target_names_visible(request.user)
 
 
 def _visible_item(request, change_id: str) -> PlanItem:
@@ -162,7 +140,7 @@ class ChangeList(APIView):
     @extend_schema(
         summary="Changes with their latest state and next action",
         parameters=CHANGE_FILTERS,
-        responses={200: s.ChangeSerializer(many=True), **_errors(409)},
+        responses={200: s.ChangeSerializer(many=True), **error_responses(409)},
     )
     def get(self, request):
         plan, visible = _visible_plan(request)
@@ -176,52 +154,61 @@ class ChangeList(APIView):
         ):
             if query.get(name):
                 items = [item for item in items if value_of(item) == query[name]]
-        return Response([_change(item) for item in items])
+        return Response(s.ChangeSerializer(items, many=True).data)
 
 
 class ChangeDetail(APIView):
-    @extend_schema(summary="One change", responses={200: s.ChangeSerializer, **_errors(404, 409)})
+    @extend_schema(summary="One change", responses={200: s.ChangeSerializer, **error_responses(404, 409)})
     def get(self, request, change_id: str):
-        return Response(_change(_visible_item(request, change_id)))
+        return Response(s.ChangeSerializer(_visible_item(request, change_id)).data)
 
 
 class PlanView(APIView):
-    @extend_schema(summary="What the next run would do (never touches a target)", responses={200: s.PlanSerializer, **_errors(409)})
+    @extend_schema(summary="What the next run would do (never touches a target)", responses={200: s.PlanSerializer, **error_responses(409)})
     def get(self, request):
         plan, visible = _visible_plan(request)
-        stages = []
-        for stage in plan.stages:
-            items = [_change(item) for item in stage.items if item.change.target in visible]
-            if items:
-                blocked_by = stage.blocked_by.change.id if stage.blocked_by and stage.blocked_by.change.target in visible else None
-                stages.append({"name": stage.name, "blocked_by": blocked_by, "items": items})
-        missing = [row.change_id for row in plan.missing if row.target in visible]
-        return Response({"environment": plan.environment, "digest": plan.digest, "stages": stages, "missing": missing, "notices": plan.notices})
+        return Response(s.PlanSerializer(plan, context={"targets": visible}).data)
+
+
+class ValidateView(APIView):
+    @extend_schema(
+        summary="The deploy gate: what is drifted, blocked, awaiting approval or pending, with the exit code",
+        description=(
+            "The body `flamingock validate --json` prints, limited to the target systems you see. `exit_code` is the command's "
+            "exit code by precedence: 6 drift (checksum drift, a change missing from code, an open drift finding), 3 blocked, "
+            "4 awaiting approval, 7 pending, else 0; `exit_name` names it. The drift findings are those of the last check: "
+            "unlike the command, a GET does not run the checks."
+        ),
+        responses={200: s.ValidationSerializer, **error_responses(409)},
+    )
+    def get(self, request):
+        visible = visibility.target_names_visible(request.user)
+
+        def findings():
+            return drift.findings_open().filter(pk__in=visibility.findings_visible(request.user).values("pk"))
+
+        return Response(s.ValidationSerializer(services.pipeline_validate(findings=findings, targets=visible)).data)
 
 
 class IssueList(APIView):
-    @extend_schema(summary="Changes that need a human, with guidance", responses={200: s.IssueSerializer(many=True), **_errors(409)})
+    @extend_schema(summary="Changes that need a human, with guidance", responses={200: s.IssueSerializer(many=True), **error_responses(409)})
     def get(self, request):
         plan, visible = _visible_plan(request)
-        return Response([issue_details(i) for i in plan.items if i.action in ISSUE_ACTIONS and i.change.target in visible])
+        return Response(
+            s.IssueSerializer([issue_details(i) for i in plan.items if i.action in ISSUE_ACTIONS and i.change.target in visible], many=True).data
+        )
 
 
 class IssueDetail(APIView):
-    @extend_schema(summary="One issue with its error and step-by-step guidance", responses={200: s.IssueSerializer, **_errors(404, 409)})
+    @extend_schema(summary="One issue with its error and step-by-step guidance", responses={200: s.IssueSerializer, **error_responses(404, 409)})
     def get(self, request, change_id: str):
         item = _visible_item(request, change_id)
         if item.action not in ISSUE_ACTIONS:
             raise Http404
-        return Response(issue_details(item))
+        return Response(s.IssueSerializer(issue_details(item)).data)
 
 
 # -- runs ------------------------------------------------------------------------------------------
-
-
-def _change_targets() -> dict[str, str]:
-    from ..models import ChangeRecord
-
-    return dict(ChangeRecord.objects.values_list("change_id", "target"))
 
 
 class RunFilter(filters.FilterSet):
@@ -234,12 +221,12 @@ class RunFilter(filters.FilterSet):
 
 
 @extend_schema_view(
-    get=extend_schema(summary="Runs you may see, newest first", responses={200: s.RunSerializer(many=True), **_errors(400, 404)}),
+    get=extend_schema(summary="Runs you may see, newest first", responses={200: s.RunSerializer(many=True), **error_responses(400, 404)}),
     post=extend_schema(
         summary="Queue a run of the pipeline",
         request=s.RunCreateSerializer,
         parameters=[IDEMPOTENCY_HEADER],
-        responses={202: s.RunSerializer, **_errors(400, 403, 409, 422)},
+        responses={202: s.RunSerializer, **error_responses(400, 403, 409, 422)},
         examples=[OpenApiExample("Deploy", value={"reason": "release 2024.06.1"}, request_only=True)],
     ),
 )
@@ -252,7 +239,7 @@ class RunList(generics.ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return self.queryset
-        return access.runs_visible(self.request.user, _change_targets()).order_by("-created_at", "-id")
+        return visibility.runs_visible(self.request.user).order_by("-created_at", "-id")
 
     def post(self, request):
         body = s.RunCreateSerializer(data=request.data)
@@ -272,17 +259,19 @@ class RunDetail(generics.RetrieveAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return self.queryset
-        return access.runs_visible(self.request.user, _change_targets())
+        return visibility.runs_visible(self.request.user)
 
-    @extend_schema(summary="A run with its live progress and per-change results", responses={200: s.RunSerializer, **_errors(404)})
+    @extend_schema(summary="A run with its live progress and per-change results", responses={200: s.RunSerializer, **error_responses(404)})
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
 
 
 class RunCancel(APIView):
-    @extend_schema(summary="Cancel a run (it stops before its next change)", request=None, responses={200: s.RunSerializer, **_errors(403, 404, 409)})
+    @extend_schema(
+        summary="Cancel a run (it stops before its next change)", request=None, responses={200: s.RunSerializer, **error_responses(403, 404, 409)}
+    )
     def post(self, request, pk):
-        run = access.runs_visible(request.user, _change_targets()).filter(pk=pk).first()
+        run = visibility.runs_visible(request.user).filter(pk=pk).first()
         if run is None:
             raise Http404
         return Response(s.RunSerializer(services.run_cancel(run_id=run.pk, actor=actor_of(request))).data)
@@ -305,11 +294,11 @@ class RequestFilter(filters.FilterSet):
     def filter_awaiting(self, queryset, name, value):
         if not value:
             return queryset
-        return queryset.filter(pk__in=approvals.requests_awaiting(actor=actor_of(self.request)).values("pk"))
+        return queryset.filter(pk__in=services.requests_awaiting(actor=actor_of(self.request)).values("pk"))
 
 
 def _requests_visible(request):
-    return approvals.requests_visible(actor=actor_of(request)).prefetch_related("approvals")
+    return services.requests_visible(actor=actor_of(request)).prefetch_related("approvals")
 
 
 def _visible_request(request, pk) -> ChangeRequest:
@@ -320,12 +309,12 @@ def _visible_request(request, pk) -> ChangeRequest:
 
 
 @extend_schema_view(
-    get=extend_schema(summary="Requests you may see, newest first", responses={200: s.RequestSerializer(many=True), **_errors(400, 404)}),
+    get=extend_schema(summary="Requests you may see, newest first", responses={200: s.RequestSerializer(many=True), **error_responses(400, 404)}),
     post=extend_schema(
         summary="Request (or, where nothing governs the target, perform) an undo, fix, skip, re-apply or re-baseline",
         request=s.RequestCreateSerializer,
         parameters=[IDEMPOTENCY_HEADER],
-        responses={201: s.SubmissionSerializer, **_errors(400, 403, 409, 422)},
+        responses={201: s.SubmissionSerializer, **error_responses(400, 403, 409, 422)},
         examples=[
             OpenApiExample("Undo", value={"kind": "UNDO", "change_id": "0003_add_index", "reason": "the index slows writes"}, request_only=True),
             OpenApiExample("Manual fix", value={"kind": "MARK_APPLIED", "change_id": "0004_flags", "reason": "verified by hand"}, request_only=True),
@@ -355,21 +344,16 @@ class RequestList(generics.ListAPIView):
             raise serializers.ValidationError({"change_id": ["Unknown change."]})
 
         def perform():
-            done = approvals.request_submit(
+            done = services.request_submit(
                 kind=data["kind"], change_id=data["change_id"], actor=actor_of(request), reason=data["reason"], source=SOURCE, inline=False
             )
-            payload = {
-                "awaiting_approval": done.awaiting_approval,
-                "request": s.RequestSerializer(done.request).data if done.request else None,
-                "run": s.RunSerializer(done.run).data if done.run else None,
-            }
-            return Response(payload, status=status.HTTP_201_CREATED)
+            return Response(s.SubmissionSerializer(done).data, status=status.HTTP_201_CREATED)
 
         return idempotent(request, perform)
 
 
 class RequestDetail(APIView):
-    @extend_schema(summary="A request with its decisions", responses={200: s.RequestSerializer, **_errors(404)})
+    @extend_schema(summary="A request with its decisions", responses={200: s.RequestSerializer, **error_responses(404)})
     def get(self, request, pk: int):
         return Response(s.RequestSerializer(_visible_request(request, pk)).data)
 
@@ -392,10 +376,10 @@ class _Decide(APIView):
 
 
 def _approve(*, request_id, actor, comment):
-    return approvals.request_approve(request_id=request_id, actor=actor, comment=comment, inline=False)
+    return services.request_approve(request_id=request_id, actor=actor, comment=comment, inline=False)
 
 
-_DECISION_SCHEMA = {"request": s.DecisionSerializer, "responses": {200: s.RequestSerializer, **_errors(400, 403, 404, 409, 422)}}
+_DECISION_SCHEMA = {"request": s.DecisionSerializer, "responses": {200: s.RequestSerializer, **error_responses(400, 403, 404, 409, 422)}}
 
 
 @extend_schema_view(
@@ -407,12 +391,12 @@ class RequestApprove(_Decide):
 
 @extend_schema_view(post=extend_schema(summary="Reject a request", parameters=[IDEMPOTENCY_HEADER], **_DECISION_SCHEMA))
 class RequestReject(_Decide):
-    decide = staticmethod(approvals.request_reject)
+    decide = staticmethod(services.request_reject)
 
 
 @extend_schema_view(post=extend_schema(summary="Cancel your own request", parameters=[IDEMPOTENCY_HEADER], **_DECISION_SCHEMA))
 class RequestCancel(_Decide):
-    decide = staticmethod(approvals.request_cancel)
+    decide = staticmethod(services.request_cancel)
 
 
 # -- drift findings --------------------------------------------------------------------------------
@@ -426,7 +410,7 @@ class FindingFilter(filters.FilterSet):
 
 @extend_schema_view(
     get=extend_schema(
-        summary="Drift findings you may see, most recently seen first", responses={200: s.FindingSerializer(many=True), **_errors(400, 404)}
+        summary="Drift findings you may see, most recently seen first", responses={200: s.FindingSerializer(many=True), **error_responses(400, 404)}
     ),
 )
 class FindingList(generics.ListAPIView):
@@ -437,10 +421,12 @@ class FindingList(generics.ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return self.queryset
-        return access.findings_visible(self.request.user).order_by("-last_seen", "-id")
+        return visibility.findings_visible(self.request.user).order_by("-last_seen", "-id")
 
 
-@extend_schema_view(get=extend_schema(summary="A drift finding with its latest evidence", responses={200: s.FindingSerializer, **_errors(404)}))
+@extend_schema_view(
+    get=extend_schema(summary="A drift finding with its latest evidence", responses={200: s.FindingSerializer, **error_responses(404)})
+)
 class FindingDetail(generics.RetrieveAPIView):
     queryset = Finding.objects.none()
     serializer_class = s.FindingSerializer
@@ -448,11 +434,11 @@ class FindingDetail(generics.RetrieveAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return self.queryset
-        return access.findings_visible(self.request.user)
+        return visibility.findings_visible(self.request.user)
 
 
 def _visible_finding(request, pk) -> Finding:
-    found = access.findings_visible(request.user).filter(pk=pk).first()
+    found = visibility.findings_visible(request.user).filter(pk=pk).first()
     if found is None:
         raise Http404
     return found
@@ -476,7 +462,7 @@ class _FindingAction(APIView):
 _FINDING_ACTION_SCHEMA = {
     "request": s.ReasonSerializer,
     "parameters": [IDEMPOTENCY_HEADER],
-    "responses": {200: s.FindingSerializer, **_errors(400, 403, 404, 409, 422)},
+    "responses": {200: s.FindingSerializer, **error_responses(400, 403, 404, 409, 422)},
 }
 
 
@@ -505,17 +491,10 @@ class FindingResolve(_FindingAction):
 # -- lock ------------------------------------------------------------------------------------------
 
 
-def _lock(holder) -> dict:
-    if holder is None:
-        empty = dict.fromkeys(("name", "run_id", "holder", "host", "pid", "token", "since", "expires_at"))
-        return {"held": False, **empty, "expired": False}
-    return {"held": True, **holder.as_dict()}
-
-
 class LockView(APIView):
-    @extend_schema(summary="Who holds the pipeline lock", responses={200: s.LockSerializer, **_errors()})
+    @extend_schema(summary="Who holds the pipeline lock", responses={200: s.LockSerializer, **error_responses()})
     def get(self, request):
-        return Response(_lock(services.lock_status()))
+        return Response(s.LockSerializer(services.lock_status()).data)
 
 
 class LockRelease(APIView):
@@ -524,13 +503,13 @@ class LockRelease(APIView):
     @extend_schema(
         summary="Force-release a stale lock (audited)",
         request=s.ReasonSerializer,
-        responses={200: s.LockSerializer, **_errors(400, 403, 409)},
+        responses={200: s.LockSerializer, **error_responses(400, 403, 409)},
         examples=[OpenApiExample("Stale", value={"reason": "worker host lost"}, request_only=True)],
     )
     def post(self, request):
         body = s.ReasonSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        return Response(_lock(services.lock_force_release(actor=actor_of(request), reason=body.validated_data["reason"])))
+        return Response(s.LockSerializer(services.lock_force_release(actor=actor_of(request), reason=body.validated_data["reason"])).data)
 
 
 __all__ = ["error_body"]

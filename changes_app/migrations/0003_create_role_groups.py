@@ -1,10 +1,10 @@
-"""The four roles of DOMAIN §6 as groups with their model permissions (changes_app.roles)."""
+"""The four roles of docs/semantics.md §9 as groups with their model permissions (changes_app.governance.roles)."""
 
 from django.db import migrations
 
 
 def create_role_groups(apps, schema_editor):
-    from changes_app.roles import roles_ensure
+    from changes_app.governance.roles import roles_ensure
 
     roles_ensure(apps=apps, using=schema_editor.connection.alias)
 

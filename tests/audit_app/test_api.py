@@ -1,4 +1,4 @@
-"""The audit trail over the API (issue 6, DOMAIN §8): newest first with an opaque cursor on seq whose
+"""The audit trail over the API (docs/api.md, docs/semantics.md §11): newest first with an opaque cursor on seq whose
 pages neither overlap nor skip (even while the trail grows), the admin's filters, visibility scoped
 to the target systems one may see plus one's own entries, read-only, and the streamed export that
 ends with the signed trailer and verifies."""
@@ -17,7 +17,7 @@ from django.utils import timezone
 from audit_app.export import TRAILER_MARK, audit_export_verify
 from audit_app.models import AuditEntry
 from audit_app.services import Actor, ChangeRef, audit_record
-from changes_app.roles import COMPLIANCE_OFFICER
+from changes_app.governance.roles import COMPLIANCE_OFFICER
 from tests.changes_app.api.conftest import client_for
 from tests.changes_app.api.helpers import refused, state
 from tests.support.governance import person

@@ -1,4 +1,4 @@
-"""What keeps the audit list fast at a million entries without changing what it answers (issue 9,
+"""What keeps the audit list fast at a million entries without changing what it answers (docs/performance.md,
 bench/README.md "API audit list at 1,000,000 entries"): the page serializer gives exactly the entry
 serializer's JSON, a page costs the same statements at any depth and size, the filters are only
 skipped when none is given, a token's last use is written at most once a minute while revocation
@@ -16,14 +16,14 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from audit_app.api import AuditEntryPageSerializer
 from audit_app.models import AuditEntry
 from audit_app.services import Actor, ChangeRef, audit_record
+from changes_app.api.audit import AuditEntryPageSerializer
 from changes_app.api.serializers import AuditEntrySerializer
-from changes_app.identity import LAST_USED_RESOLUTION, token_create, token_revoke, token_user
-from changes_app.locks import DatabaseLeaseLock
+from changes_app.governance.identity import LAST_USED_RESOLUTION, token_create, token_revoke, token_user
+from changes_app.governance.roles import COMPLIANCE_OFFICER
+from changes_app.locks.database import DatabaseLeaseLock
 from changes_app.models import ApiToken
-from changes_app.roles import COMPLIANCE_OFFICER
 from flamingock_site import settings as site_settings
 from tests.changes_app.api.conftest import client_for
 from tests.changes_app.api.helpers import refused

@@ -1,4 +1,4 @@
-"""The trail is append-only at every layer (DOMAIN §8): the model and its queryset, the admin, a
+"""The trail is append-only at every layer (docs/semantics.md §11): the model and its queryset, the admin, a
 user's deletion, and raw SQL, which the database triggers refuse, for entries and checkpoints."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""The hash chain (DOMAIN §8): each entry's sequence number, link and hash over its values exactly as
+"""The hash chain (docs/semantics.md §11): each entry's sequence number, link and hash over its values exactly as
 stored, given by the one writer under the chain-head lock; no forks with 8 processes writing at
 once; and secrets redacted before hashing."""
 

@@ -1,4 +1,4 @@
-"""Evidence export (DOMAIN §8): CSV and JSON Lines, filtered by time, change, target, actor and event,
+"""Evidence export (docs/semantics.md §11): CSV and JSON Lines, filtered by time, change, target, actor and event,
 ending with the signed chain head; re-read and checked against the trail it passes, and an edited,
 shortened, truncated or re-signed export fails with a clear problem; constant memory."""
 

@@ -1,4 +1,4 @@
-"""``audit verify`` (DOMAIN §8): with the triggers dropped by a superuser, every kind of tampering is
+"""``audit verify`` (docs/semantics.md §11): with the triggers dropped by a superuser, every kind of tampering is
 found and named (an edited row, a row removed in the middle, the last rows removed, a swapped pair,
 a forged checkpoint), by the service and by the command (exit code 6); ``--from-checkpoint`` checks
 what follows the last signed checkpoint; each verification is stored, audited and, from the daily

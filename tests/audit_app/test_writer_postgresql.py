@@ -32,7 +32,7 @@ def _count(table: str) -> int:
 
 
 def test_a_transaction_left_idle_after_an_entry_is_ended_by_the_server_and_the_entry_is_not_kept():
-    """A paused lock holder is cut off by idle_in_transaction_session_timeout (DOMAIN §7); the
+    """A paused lock holder is cut off by idle_in_transaction_session_timeout (docs/semantics.md §6); the
     writer must not leave its session in a state the server does not time out (pipeline mode did)."""
     with connection.cursor() as cursor:
         cursor.execute("SET idle_in_transaction_session_timeout = 300")
@@ -108,7 +108,7 @@ def test_inside_a_transaction_the_entry_commits_with_it():
 def test_a_hash_the_server_formatted_differently_stops_the_write_and_says_what_was_kept(monkeypatch):
     """The Python re-check of the database's hash: inside a transaction nothing is kept; an entry of
     its own has committed with its statement, and the error says so (audit verify reports it)."""
-    import audit_app.services as writer
+    import audit_app.writer_postgresql as writer
 
     monkeypatch.setattr(writer, "timestamp_text", lambda value: "not the server's format")
     before = AuditEntry.objects.count()

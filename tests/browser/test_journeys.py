@@ -1,5 +1,5 @@
 """The admin in real Chromium (Debian's /usr/bin/chromium, driven by Playwright): the three daily
-journeys of issue 4, with runs executed by a real Celery worker process. Screenshots of each
+journeys of docs/admin.md, with runs executed by a real Celery worker process. Screenshots of each
 journey are saved under docs/screenshots/ (listed in docs/admin.md)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from django.db import connections
 from django.urls import reverse
 
 from changes_app import services
+from changes_app.governance.roles import APPROVER, COMPLIANCE_OFFICER, ENGINEER
 from changes_app.models import ChangeRequest, Run
-from changes_app.roles import APPROVER, COMPLIANCE_OFFICER, ENGINEER
 from tests.support.governance import person, policy
 from tests.support.trails import journal_change, run_pipeline
 from tests.support.workers import Broker, Worker, wait_for

@@ -1,4 +1,4 @@
-"""Operator actions (DOMAIN §5 undo, §6 governance): undo, re-apply, fix, skip, accept-checksum, who
+"""Operator actions (docs/semantics.md §5 undo, §9 governance): undo, re-apply, fix, skip, accept-checksum, who
 may do them, and the CLI's proof of identity in a protected environment."""
 
 import pytest
@@ -10,8 +10,8 @@ from guardian.shortcuts import assign_perm
 from audit_app.models import AuditEntry
 from audit_app.services import Actor
 from changes_app import services
-from changes_app.governance import PermissionRefused
-from changes_app.identity import token_create
+from changes_app.governance.identity import token_create
+from changes_app.governance.permissions import PermissionRefused
 from changes_app.models import ApiToken, Run, TargetSystem
 from tests.support.trails import (
     cli,

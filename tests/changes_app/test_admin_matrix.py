@@ -1,4 +1,4 @@
-"""The permission matrix of the admin (DOMAIN §6): every role, and a user holding the ``operate``
+"""The permission matrix of the admin (docs/semantics.md §9): every role, and a user holding the ``operate``
 object permission on one target system only, against every admin page and action.
 
 The expected outcomes are written out below as a literal table, not derived from the code under
@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from changes_app import approvals
+from changes_app import services
 from changes_app.models import ChangeRequest, Run, TargetSystem
 from tests.changes_app.test_admin_pages import World, world_build
 from tests.support.workers import Broker
@@ -87,8 +87,8 @@ def outcome(response) -> str:
 def world(make_pipeline, unique, settings, journal):
     built = world_build(make_pipeline, unique, settings)
     engineer = built.people["engineer"].actor
-    built.db_request = approvals.request_submit(kind="UNDO", change_id=built.db_change, actor=engineer, reason="r", source="UI").request
-    built.note_request = approvals.request_submit(kind="UNDO", change_id=built.note, actor=engineer, reason="r", source="UI").request
+    built.db_request = services.request_submit(kind="UNDO", change_id=built.db_change, actor=engineer, reason="r", source="UI").request
+    built.note_request = services.request_submit(kind="UNDO", change_id=built.note, actor=engineer, reason="r", source="UI").request
     return built
 
 

@@ -1,4 +1,4 @@
-"""The admin's pages and forms (issue 4 §3): every action goes through a service and reports its
+"""The admin's pages and forms (docs/admin.md): every action goes through a service and reports its
 outcome; every form rejects bad input with a clear message and changes nothing (the audit head,
 the row counts and the target's state are compared before and after)."""
 
@@ -14,9 +14,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit_app.models import AuditEntry, ChainHead
-from changes_app import approvals, services
+from changes_app import services
+from changes_app.governance.roles import APPROVER, COMPLIANCE_OFFICER, ENGINEER, PLATFORM_ADMIN
 from changes_app.models import ApprovalPolicy, ChangeRecord, ChangeRequest, Run
-from changes_app.roles import APPROVER, COMPLIANCE_OFFICER, ENGINEER, PLATFORM_ADMIN
+from changes_app.services import requests as request_service
 from tests.support.governance import Person, person, policy, snapshot
 from tests.support.trails import journal_change, run_pipeline, sql_change, table_exists
 
@@ -101,7 +102,7 @@ def decide(world: World, who: str, request_id: int, decision: str, comment: str 
 
 
 def requested(world: World, kind: str = Kind.UNDO, change_id: str | None = None, who: str = "engineer") -> ChangeRequest:
-    return approvals.request_submit(
+    return services.request_submit(
         kind=kind, change_id=change_id or world.db_change, actor=world.people[who].actor, reason="bad release", source=Run.Source.UI
     ).request
 
@@ -162,20 +163,17 @@ def test_undo_confirmation_lists_the_whole_cascade_then_creates_the_request(worl
     assert any("awaits 1 approval" in m for m in messages_of(done))
 
 
-def test_approver_approves_in_the_admin_and_the_request_is_executed(world, settings):
+def test_approver_approves_in_the_admin_and_the_request_is_executed(world, settings, monkeypatch):
     ApprovalPolicy.objects.all().update(required_approvals=1)
     request = requested(world)
     # Executed in this process: the worker path is covered by the browser journey.
-    original = approvals.request_execute
+    original = request_service.request_execute
 
     def inline(*, request_id, inline=False):
         return original(request_id=request_id, inline=True)
 
-    approvals.request_execute = inline
-    try:
-        response = decide(world, "approver", request.pk, "approve", "go")
-    finally:
-        approvals.request_execute = original
+    monkeypatch.setattr(request_service, "request_execute", inline)
+    response = decide(world, "approver", request.pk, "approve", "go")
 
     request.refresh_from_db()
     assert request.status == Status.EXECUTED and not table_exists(world.db_table)
@@ -184,7 +182,7 @@ def test_approver_approves_in_the_admin_and_the_request_is_executed(world, setti
 
 def test_self_approval_is_refused_for_a_superuser_too_with_the_services_message(world):
     boss = person("boss", superuser=True)
-    request = approvals.request_submit(kind=Kind.UNDO, change_id=world.db_change, actor=boss.actor, reason="mine", source=Run.Source.UI).request
+    request = services.request_submit(kind=Kind.UNDO, change_id=world.db_change, actor=boss.actor, reason="mine", source=Run.Source.UI).request
     before = unchanged(world)
     client = Client()
     client.force_login(boss.user)

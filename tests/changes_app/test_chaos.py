@@ -1,4 +1,4 @@
-"""Chaos: the lock store dies, the audit database drops the runner, the holder freezes (DOMAIN §1, §7).
+"""Chaos: the lock store dies, the audit database drops the runner, the holder freezes (docs/semantics.md §1, §6).
 
 Real processes against the real servers: ``flamingock run`` in child processes, a private
 ``redis-server`` that is killed for real (never the machine's shared Redis), ``pg_terminate_backend``
@@ -67,7 +67,7 @@ class Chaos:
         problems = ledger_problems([spec for spec in self.specs if spec.kind != "shared"], self.effects)
         counts, states = self.counts(), dict(ChangeState.objects.filter(change_id__in=[spec.id for spec in shared]).values_list("change_id", "state"))
         for spec in shared:
-            # DOMAIN §5: a shared-transaction change is APPLIED with its effect, or has none: never
+            # docs/semantics.md §5: a shared-transaction change is APPLIED with its effect, or has none: never
             # run, or FAILED (written after the rollback, in its own transaction).
             state, count = states.get(spec.id), counts[spec.id]
             if count != {"APPLIED": 1, None: 0, "FAILED": 0}.get(state, -1):

@@ -1,4 +1,4 @@
-"""Checksums of change sources (DOMAIN §2): stable across line endings, trailing whitespace,
+"""Checksums of change sources (docs/semantics.md §2): stable across line endings, trailing whitespace,
 trailing blank lines and YAML style; changed by any real edit; fixed across product upgrades.
 
 The golden values below are the contract with every ledger already written: if a change of the
@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from changes_app.checksums import canonical_document, checksum_document, checksum_text
+from changes_app.pipeline.checksums import canonical_document, checksum_document, checksum_text
 
 PYTHON_CHANGE = '''"""Add a status column to users."""
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 from django.test import override_settings
 
-from changes_app import collector
+from changes_app.pipeline import collector
 
 
 @pytest.fixture

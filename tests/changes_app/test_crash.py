@@ -1,4 +1,4 @@
-"""Crashes for real (DOMAIN §1, §4, §5, §7): ``flamingock run`` in child processes killed with
+"""Crashes for real (docs/semantics.md §1, §4, §5, §6): ``flamingock run`` in child processes killed with
 SIGKILL at every boundary and at random moments, and paused with SIGSTOP past their lease, on the
 real audit database (SQLite or PostgreSQL) and real targets. Each change counts its effects on its
 target, so after every crash the ledger is checked against what the targets really hold.
@@ -18,9 +18,9 @@ from django.db import connection
 from audit_app.models import APPLIED_STATES, AuditEntry
 from audit_app.models import ChangeStateName as S
 from changes_app import services
-from changes_app.management.commands.flamingock import EXIT_INTEGRITY
+from changes_app.cli.output import EXIT_INTEGRITY
 from changes_app.models import LockLease, Run
-from changes_app.resolver import Action
+from changes_app.pipeline.plan import Action
 from tests.support.crash import LEASE, Effects, Lab, Spec, history, latest_states, run_results, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -60,7 +60,7 @@ def assert_took_over(dead, follow_up) -> None:
 
 @dataclass(frozen=True)
 class Crash:
-    """A kill at ``boundary`` in the change under test, and what DOMAIN says must follow."""
+    """A kill at ``boundary`` in the change under test, and what docs/semantics.md §5.5 says must follow."""
 
     kind: str
     boundary: str

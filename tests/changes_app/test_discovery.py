@@ -1,4 +1,4 @@
-"""Validation collects every problem, each with file and line, before anything runs (DOMAIN §2).
+"""Validation collects every problem, each with file and line, before anything runs (docs/semantics.md §2).
 
 A pipeline with problems is refused by every entry point: the services, the CLI (exit 2) and the
 Django system check all report the same problems, and nothing is written.
@@ -14,9 +14,9 @@ from django.core.management.base import SystemCheckError
 
 from audit_app.models import AuditEntry
 from changes_app import services
-from changes_app.discovery import Problem
-from changes_app.identity import cli_actor
+from changes_app.governance.identity import cli_actor
 from changes_app.models import Run
+from changes_app.pipeline.discovery import Problem
 from tests.conftest import manage
 from tests.support.ledger import change_source
 

@@ -1,4 +1,4 @@
-"""Drift checks (DOMAIN §9, issue 7) on the real audit database (SQLite or PostgreSQL): each
+"""Drift checks (docs/semantics.md §10, docs/drift.md) on the real audit database (SQLite or PostgreSQL): each
 condition is created for real, checked many times, and cleared; findings never repeat themselves,
 notifications go out once, and probes never take the lock nor report a change a run is moving."""
 
@@ -20,11 +20,12 @@ from django.utils import timezone
 from audit_app.models import AuditEntry
 from audit_app.models import ChangeStateName as S
 from audit_app.services import Actor, ChangeRef, audit_record
-from changes_app import drift, services
-from changes_app.identity import cli_actor
+from changes_app import services
+from changes_app.drift import checks as drift
+from changes_app.drift.notifications import backoff_seconds, finding_payload, webhook_deliver
+from changes_app.errors import ActionRefused
+from changes_app.governance.identity import cli_actor
 from changes_app.models import Finding, Run, WebhookDelivery
-from changes_app.notifications_drift import backoff_seconds, finding_payload, webhook_deliver
-from changes_app.services import ActionRefused
 from tests.conftest import manage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -513,7 +514,7 @@ def test_cli_drift_and_validate_report_findings_with_exit_6(make_pipeline, uniqu
 def test_drift_schedules_exist_after_migrate_and_keep_operator_edits():
     from django_celery_beat.models import PeriodicTask
 
-    from changes_app.schedules import schedules_ensure
+    from changes_app.services.schedules import schedules_ensure
 
     scheduled = PeriodicTask.objects.get(name="flamingock: definition and operational drift")
     live = PeriodicTask.objects.get(name="flamingock: live drift")

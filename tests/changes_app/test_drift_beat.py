@@ -1,4 +1,4 @@
-"""Scheduled drift checks end to end (DOMAIN §9): a real ``celery beat`` on the database scheduler
+"""Scheduled drift checks end to end (docs/semantics.md §10): a real ``celery beat`` on the database scheduler
 sends the definition check to a real worker, which opens the finding with nobody calling the
 check; and the admin dashboard lists open findings to those who may view them."""
 
@@ -16,10 +16,11 @@ from django.test import Client
 from django.urls import reverse
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from changes_app import drift, services
-from changes_app.identity import cli_actor
+from changes_app import services
+from changes_app.drift import checks as drift
+from changes_app.governance.identity import cli_actor
 from changes_app.models import Finding, Run
-from changes_app.schedules import schedules_ensure
+from changes_app.services.schedules import schedules_ensure
 from tests.support.workers import REPO, Broker, Worker, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

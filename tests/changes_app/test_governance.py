@@ -1,4 +1,4 @@
-"""Governance (DOMAIN §6): the roles and their permissions, object permissions with one meaning
+"""Governance (docs/semantics.md §9): the roles and their permissions, object permissions with one meaning
 everywhere, approval policies, and a permission matrix of every acting service and CLI subcommand
 for every role and for users whose object permissions cover one target system only.
 
@@ -19,11 +19,11 @@ from django.db.migrations.loader import MigrationLoader
 from guardian.shortcuts import assign_perm
 
 from audit_app.models import AuditEntry
-from changes_app import approvals, services
-from changes_app.governance import APPROVE, OPERATE, PermissionRefused, target_systems_for, users_with
+from changes_app import services
+from changes_app.governance.permissions import APPROVE, OPERATE, PermissionRefused, target_systems_for, users_with
+from changes_app.governance.roles import APPROVER, COMPLIANCE_OFFICER, ENGINEER, PLATFORM_ADMIN, ROLES, roles_ensure
 from changes_app.management.commands.demo_setup import DEMO_USERS
 from changes_app.models import ApprovalPolicy, ChangeRequest, Run, TargetSystem
-from changes_app.roles import APPROVER, COMPLIANCE_OFFICER, ENGINEER, PLATFORM_ADMIN, ROLES, roles_ensure
 from tests.support.governance import Person, person, policy, snapshot
 from tests.support.trails import cli, journal_change, run_pipeline, sql_change
 
@@ -145,8 +145,8 @@ def _permissions(codename: str):
 def test_policy_set_by_a_platform_admin_is_audited(targets, settings):
     admin = person("plat", PLATFORM_ADMIN)
 
-    row = approvals.policy_set(target_name="app-db", environment="staging", required_approvals=2, actor=admin.actor)
-    approvals.policy_set(target_name="app-db", environment="staging", required_approvals=1, actor=admin.actor)
+    row = services.policy_set(target_name="app-db", environment="staging", required_approvals=2, actor=admin.actor)
+    services.policy_set(target_name="app-db", environment="staging", required_approvals=1, actor=admin.actor)
 
     row.refresh_from_db()
     assert (row.required_approvals, row.updated_by) == (1, "plat")
@@ -169,8 +169,8 @@ def test_policy_set_refuses_bad_values_and_changes_nothing(targets, environment,
     admin = person("plat", PLATFORM_ADMIN)
     before = snapshot()
 
-    with pytest.raises(approvals.PolicyInvalid, match=error):
-        approvals.policy_set(target_name="app-db", environment=environment, required_approvals=required, actor=admin.actor)
+    with pytest.raises(services.PolicyInvalid, match=error):
+        services.policy_set(target_name="app-db", environment=environment, required_approvals=required, actor=admin.actor)
 
     assert snapshot() == before
 
@@ -189,10 +189,10 @@ def test_a_protected_environment_needs_one_approval_whatever_its_policy_row_says
     policy("app-db", "prod", 0)  # saved before prod was protected, say
     policy("journal", "dev", 0)
 
-    assert approvals.approvals_required(target_name="app-db", environment="prod") == 1
-    assert approvals.approvals_required(target_name="ext-pg", environment="prod") == 1
-    assert approvals.approvals_required(target_name="journal", environment="dev") == 0
-    assert approvals.approvals_required(target_name="app-db", environment="dev") is None
+    assert services.approvals_required(target_name="app-db", environment="prod") == 1
+    assert services.approvals_required(target_name="ext-pg", environment="prod") == 1
+    assert services.approvals_required(target_name="journal", environment="dev") == 0
+    assert services.approvals_required(target_name="app-db", environment="dev") is None
 
 
 # -- the permission matrix -----------------------------------------------------------------------------
@@ -274,7 +274,7 @@ class Scenario:
         policy("app-db", "staging", 1)
         self.requester = person("eve", ENGINEER, operate=("app-db",))
         self.requests = {
-            name: approvals.request_create(kind=Kind.SKIP, change_id=ids[name], actor=self.requester.actor, reason=f"{name} it").pk
+            name: services.request_create(kind=Kind.SKIP, change_id=ids[name], actor=self.requester.actor, reason=f"{name} it").pk
             for name in ("approve", "reject", "cancel")
         }
 
@@ -293,7 +293,7 @@ def _attempt(action: str, who: Person, scenario: Scenario) -> str:
     }
     try:
         if action in kinds:
-            submitted = approvals.request_submit(kind=kinds[action], change_id=ids[action], actor=actor, reason="matrix", source=Run.Source.UI)
+            submitted = services.request_submit(kind=kinds[action], change_id=ids[action], actor=actor, reason="matrix", source=Run.Source.UI)
             if submitted.run is not None:
                 assert submitted.run.status == Run.Status.SUCCEEDED, submitted.run.status_reason
                 assert submitted.request.status == ChangeRequest.Status.EXECUTED
@@ -301,15 +301,15 @@ def _attempt(action: str, who: Person, scenario: Scenario) -> str:
             assert submitted.request.status == ChangeRequest.Status.PENDING
             return "requested"
         if action == "approve":
-            request = approvals.request_approve(request_id=scenario.requests["approve"], actor=actor, inline=True)
+            request = services.request_approve(request_id=scenario.requests["approve"], actor=actor, inline=True)
             assert request.status == ChangeRequest.Status.EXECUTED, request.status_reason
             return "approved"
         if action == "reject":
-            return {"REJECTED": "rejected"}[approvals.request_reject(request_id=scenario.requests["reject"], actor=actor).status]
+            return {"REJECTED": "rejected"}[services.request_reject(request_id=scenario.requests["reject"], actor=actor).status]
         if action == "cancel":
-            return {"CANCELLED": "cancelled"}[approvals.request_cancel(request_id=scenario.requests["cancel"], actor=actor).status]
+            return {"CANCELLED": "cancelled"}[services.request_cancel(request_id=scenario.requests["cancel"], actor=actor).status]
         if action == "policy":
-            approvals.policy_set(target_name="app-db", environment="staging", required_approvals=1, actor=actor)
+            services.policy_set(target_name="app-db", environment="staging", required_approvals=1, actor=actor)
             return "allowed"
         if action == "lock":
             with pytest.raises(services.ActionRefused, match="the lock is not held"):

@@ -1,4 +1,4 @@
-"""One conformance suite for every pipeline lock backend (DOMAIN §7).
+"""One conformance suite for every pipeline lock backend (docs/semantics.md §6).
 
 The database lease lock of the embedded default and the Redis lease lock of production honour the
 same contract, so the same tests run against both: mutual exclusion under 16 concurrent acquirers,
@@ -22,9 +22,10 @@ from django.utils import timezone
 
 from audit_app.models import AuditEntry
 from audit_app.services import Actor, FenceRefused, audit_record
-from changes_app.locks import DatabaseLeaseLock, Lease, fence_issue
+from changes_app.locks.base import Lease, fence_issue
+from changes_app.locks.database import DatabaseLeaseLock
+from changes_app.locks.redis import RedisLeaseLock
 from changes_app.models import Fence
-from changes_app.redis_lock import RedisLeaseLock
 from tests.conftest import PG_SERVER
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -353,7 +354,7 @@ def test_redis_lease_is_given_back_when_the_database_cannot_issue_its_token(uniq
         raise OperationalError("the audit database is unreachable")
 
     try:
-        monkeypatch.setattr("changes_app.redis_lock.fence_issue", unreachable)
+        monkeypatch.setattr("changes_app.locks.redis.fence_issue", unreachable)
         with pytest.raises(OperationalError):
             acquire(backend)
         assert backend.client.exists(backend.key) == 0, "no lease is left held without its token"

@@ -1,4 +1,4 @@
-"""The pipeline lock and its fence (DOMAIN §7), run cancellation, code skew and duplicate execution."""
+"""The pipeline lock and its fence (docs/semantics.md §6), run cancellation, code skew and duplicate execution."""
 
 import time
 import uuid
@@ -8,7 +8,9 @@ import pytest
 from audit_app.models import AuditEntry
 from audit_app.services import Actor, FenceRefused
 from changes_app import services
-from changes_app.locks import DatabaseLeaseLock, Lease, lock_backend
+from changes_app.locks.backends import lock_backend
+from changes_app.locks.base import Lease
+from changes_app.locks.database import DatabaseLeaseLock
 from changes_app.models import Run
 from tests.support.trails import (
     cli,
@@ -102,7 +104,9 @@ def test_expired_lease_is_taken_over_and_the_old_lease_is_fenced_off(unique):
 
 def test_run_whose_fence_advances_mid_run_is_aborted_and_writes_nothing_more(make_pipeline, unique, journal):
     first, second = f"first-{unique}", f"second-{unique}"
-    taken_over = "from changes_app.locks import fence_advance, lock_backend\nfence_advance(lock_backend().name)"
+    taken_over = (
+        "from changes_app.locks.backends import lock_backend\nfrom changes_app.locks.base import fence_advance\nfence_advance(lock_backend().name)"
+    )
     make_pipeline({"main": {"0001_a.py": journal_change(first, apply_extra=taken_over), "0002_b.py": journal_change(second)}})
 
     run = run_pipeline()
@@ -122,7 +126,7 @@ def test_marker_run_whose_lock_is_force_released_mid_run_is_aborted_then_reconci
     # An operator force-releases the lock while the change is inside its target transaction.
     released_mid_apply = f"""
         from changes_app.definitions import Change
-        from changes_app.locks import lock_backend
+        from changes_app.locks.backends import lock_backend
 
 
         class Create(Change):

@@ -1,5 +1,5 @@
 """Changes to group membership, permissions (global and per object) and superuser status are audited
-(DOMAIN §6, §8): ``permission.granted`` and ``permission.revoked``, with who made the change."""
+(docs/semantics.md §9, §11): ``permission.granted`` and ``permission.revoked``, with who made the change."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from guardian.shortcuts import assign_perm, remove_perm
 
 from audit_app.models import AuditEntry
 from audit_app.services import Actor
+from changes_app.governance.permission_audit import ActingUserMiddleware, acting_as
 from changes_app.models import TargetSystem
-from changes_app.permission_audit import ActingUserMiddleware, acting_as
-from changes_app.services import target_systems_sync
+from changes_app.services.catalogue import target_systems_sync
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

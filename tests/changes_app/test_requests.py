@@ -1,4 +1,4 @@
-"""Requests and approvals (DOMAIN §5, §6): bound to the change's id, checksum and environment; N
+"""Requests and approvals (docs/semantics.md §5, §9): bound to the change's id, checksum and environment; N
 distinct approvals; nobody decides their own request; expiry, cancellation, comments; approved
 requests executed in this process or by a worker; the resolver waits for an APPLY approval;
 notifications to the people who can act; bad input changes nothing."""
@@ -13,11 +13,11 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from audit_app.models import AuditEntry
-from changes_app import approvals, services
-from changes_app.governance import PermissionRefused
+from changes_app import services
+from changes_app.governance.permissions import PermissionRefused
+from changes_app.governance.roles import APPROVER, COMPLIANCE_OFFICER, ENGINEER
 from changes_app.models import Approval, ChangeRequest, Run
-from changes_app.roles import APPROVER, COMPLIANCE_OFFICER, ENGINEER
-from changes_app.schedules import DEFAULT_SCHEDULES, schedules_ensure
+from changes_app.services.schedules import DEFAULT_SCHEDULES, schedules_ensure
 from changes_app.tasks import requests_expire_task
 from tests.support.governance import events, last_entry_id, person, policy, snapshot
 from tests.support.trails import cli, journal_change, next_action, python_sql_change, run_pipeline, sql_change, table_exists
@@ -65,7 +65,7 @@ def applied_table(make_pipeline, unique, people, stage: str = "main") -> tuple[s
 
 
 def submit(kind, change_id, who, reason="because", **kwargs):
-    return approvals.request_submit(kind=kind, change_id=change_id, actor=who.actor, reason=reason, source=UI, **kwargs)
+    return services.request_submit(kind=kind, change_id=change_id, actor=who.actor, reason=reason, source=UI, **kwargs)
 
 
 # -- policy 0: approved automatically, recorded, performed ---------------------------------------------
@@ -130,15 +130,15 @@ def test_an_undo_needs_n_distinct_approvals_then_runs_with_their_names_in_the_le
     assert (request.status, request.required_approvals, request.requester_name) == (Status.PENDING, 2, "eng")
     assert table_exists(table)
 
-    first = approvals.request_approve(request_id=request.pk, actor=alice.actor, comment="looks right", inline=True)
+    first = services.request_approve(request_id=request.pk, actor=alice.actor, comment="looks right", inline=True)
     assert first.status == Status.PENDING and first.run is None
     assert table_exists(table)
     before = snapshot()
-    with pytest.raises(approvals.RequestRefused, match="alice has already decided request"):
-        approvals.request_approve(request_id=request.pk, actor=alice.actor, inline=True)
+    with pytest.raises(services.RequestRefused, match="alice has already decided request"):
+        services.request_approve(request_id=request.pk, actor=alice.actor, inline=True)
     assert snapshot() == before
 
-    second = approvals.request_approve(request_id=request.pk, actor=bob.actor, inline=True)
+    second = services.request_approve(request_id=request.pk, actor=bob.actor, inline=True)
 
     assert second.status == Status.EXECUTED and second.run.status == Run.Status.SUCCEEDED
     assert second.run.kind == Run.Kind.UNDO and second.run.actor == "eng" and second.run.reason == "rollback release 7"
@@ -164,11 +164,11 @@ def test_nobody_decides_their_own_request_not_even_a_superuser(make_pipeline, un
     request = submit(Kind.UNDO, change, root).request
     before = snapshot()
 
-    with pytest.raises(approvals.SelfDecisionRefused, match="nobody decides their own request"):
+    with pytest.raises(services.SelfDecisionRefused, match="nobody decides their own request"):
         if decide == "approve":
-            approvals.request_approve(request_id=request.pk, actor=root.actor, inline=True)
+            services.request_approve(request_id=request.pk, actor=root.actor, inline=True)
         else:
-            approvals.request_reject(request_id=request.pk, actor=root.actor)
+            services.request_reject(request_id=request.pk, actor=root.actor)
 
     assert snapshot() == before
     assert table_exists(table)
@@ -201,9 +201,9 @@ def test_one_rejection_ends_the_request_and_nothing_runs(make_pipeline, unique, 
     change, table = applied_table(make_pipeline, unique, people)
     policy("app-db", "staging", 2)
     request = submit(Kind.UNDO, change, people["eng"]).request
-    approvals.request_approve(request_id=request.pk, actor=people["alice"].actor)
+    services.request_approve(request_id=request.pk, actor=people["alice"].actor)
 
-    rejected = approvals.request_reject(request_id=request.pk, actor=people["bob"].actor, comment="not during the sale")
+    rejected = services.request_reject(request_id=request.pk, actor=people["bob"].actor, comment="not during the sale")
 
     assert (rejected.status, rejected.status_reason) == (Status.REJECTED, "rejected by bob: not during the sale")
     entry = AuditEntry.objects.get(event="request.rejected")
@@ -263,7 +263,7 @@ def test_in_a_protected_environment_a_change_awaits_an_approved_apply_request_an
     request = submit(Kind.APPLY, first, eng, reason="release 12").request
     assert next_action(first) == "AWAITING_APPROVAL"
     assert services.pipeline_plan().item(first).reason == f"request #{request.pk} has 0 of 1 approval(s)"
-    approved = approvals.request_approve(request_id=request.pk, actor=alice.actor, inline=True)
+    approved = services.request_approve(request_id=request.pk, actor=alice.actor, inline=True)
     assert approved.status == Status.APPROVED and approved.run is None
     assert [next_action(first), next_action(second)] == ["APPLY", "AWAITING_APPROVAL"]
 
@@ -285,7 +285,7 @@ def test_an_apply_approval_covers_retries_until_the_change_is_applied_once(make_
     policy("app-db", "staging", 1)
     eng, alice, bob = people["eng"], people["alice"], people["bob"]
     request = submit(Kind.APPLY, change, eng).request
-    approvals.request_approve(request_id=request.pk, actor=alice.actor)
+    services.request_approve(request_id=request.pk, actor=alice.actor)
 
     failed = run_pipeline(actor=eng.actor)
     assert failed.status == Run.Status.FAILED
@@ -301,11 +301,11 @@ def test_an_apply_approval_covers_retries_until_the_change_is_applied_once(make_
     # the apply generation before this one.
     ChangeRequest.objects.filter(pk=request.pk).update(status=Status.APPROVED)
     undo = submit(Kind.UNDO, change, eng).request
-    approvals.request_approve(request_id=undo.pk, actor=bob.actor, inline=True)
+    services.request_approve(request_id=undo.pk, actor=bob.actor, inline=True)
     release = submit(Kind.REAPPLY, change, eng).request
-    approvals.request_approve(request_id=release.pk, actor=bob.actor, inline=True)
+    services.request_approve(request_id=release.pk, actor=bob.actor, inline=True)
     assert states(change)[-3:] == ["ROLLED_BACK", "SKIPPED", "MANUAL_MARKED_AS_ROLLED_BACK"]
-    # An approved release is the approval of the next apply (DOMAIN §5: "so the next run applies").
+    # An approved release is the approval of the next apply (docs/semantics.md §5: "so the next run applies").
     assert next_action(change) == "APPLY"
     expires_at = ChangeRequest.objects.get(pk=release.pk).expires_at
     ChangeRequest.objects.filter(pk=release.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
@@ -326,7 +326,7 @@ def test_an_approval_for_an_older_checksum_does_not_let_the_edited_change_run(ma
     policy("app-db", "staging", 1)
     eng, alice = people["eng"], people["alice"]
     old = submit(Kind.APPLY, change, eng).request
-    approvals.request_approve(request_id=old.pk, actor=alice.actor)
+    services.request_approve(request_id=old.pk, actor=alice.actor)
     assert next_action(change) == "APPLY"
 
     edited = make_pipeline({"main": {"0001_t.yaml": table_change(change, table, extra="description: edited after approval\n")}})
@@ -344,15 +344,15 @@ def test_an_approval_for_an_older_checksum_does_not_let_the_edited_change_run(ma
     assert newer.checksum == edited.by_id[change].checksum
     make_pipeline({"main": {"0001_t.yaml": table_change(change, table, extra="description: edited twice\n")}})
     before = snapshot()
-    with pytest.raises(approvals.RequestStale, match="the change was edited after the request"):
-        approvals.request_approve(request_id=newer.pk, actor=alice.actor)
+    with pytest.raises(services.RequestStale, match="the change was edited after the request"):
+        services.request_approve(request_id=newer.pk, actor=alice.actor)
     assert snapshot() == before
 
     # Requesting again supersedes the stale pending request.
     newest = submit(Kind.APPLY, change, eng).request
     newer.refresh_from_db()
     assert (newer.status, newer.status_reason) == (Status.EXPIRED, "superseded by a new request")
-    approvals.request_approve(request_id=newest.pk, actor=alice.actor)
+    services.request_approve(request_id=newest.pk, actor=alice.actor)
     assert results_of(run_pipeline(actor=eng.actor)) == {change: "APPLIED"}
     assert table_exists(table)
 
@@ -370,8 +370,8 @@ def test_an_accept_checksum_request_is_bound_to_both_the_recorded_and_the_new_ch
     assert (request.recorded_checksum, request.checksum) == (recorded, edited.by_id[change].checksum)
     make_pipeline({"main": {"0001_t.yaml": table_change(change, table, extra="description: two\n")}})
     before = snapshot()
-    with pytest.raises(approvals.RequestStale):
-        approvals.request_approve(request_id=request.pk, actor=people["alice"].actor, inline=True)
+    with pytest.raises(services.RequestStale):
+        services.request_approve(request_id=request.pk, actor=people["alice"].actor, inline=True)
     assert snapshot() == before
 
 
@@ -412,10 +412,10 @@ def test_an_undo_cascading_onto_a_governed_target_needs_its_approval_and_its_app
     assert AuditEntry.objects.get(event="request.created").details["targets"] == ["journal", "app-db"]
     before = snapshot()
     with pytest.raises(PermissionRefused, match="db-approver may not approve requests on target system 'journal'"):
-        approvals.request_approve(request_id=request.pk, actor=db_approver.actor, inline=True)
+        services.request_approve(request_id=request.pk, actor=db_approver.actor, inline=True)
     assert snapshot() == before
 
-    done = approvals.request_approve(request_id=request.pk, actor=people["alice"].actor, inline=True)
+    done = services.request_approve(request_id=request.pk, actor=people["alice"].actor, inline=True)
 
     assert done.status == Status.EXECUTED
     assert [r["change_id"] for r in done.run.results] == [later, first]
@@ -434,7 +434,7 @@ def test_one_pending_request_per_change_and_kind(make_pipeline, unique, people, 
     dave = person("dave", ENGINEER, operate=("app-db",))
     before = snapshot()
 
-    with pytest.raises(approvals.RequestDuplicate, match=f"request #{first.pk} for the SKIP of {change} is already pending"):
+    with pytest.raises(services.RequestDuplicate, match=f"request #{first.pk} for the SKIP of {change} is already pending"):
         submit(Kind.SKIP, change, dave)
 
     assert snapshot() == before
@@ -464,8 +464,8 @@ def test_requests_expire_and_an_expired_request_can_no_longer_be_decided(make_pi
     ChangeRequest.objects.filter(pk=request.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     before = snapshot()
 
-    with pytest.raises(approvals.RequestExpired, match=f"request #{request.pk} expired at"):
-        approvals.request_approve(request_id=request.pk, actor=people["alice"].actor, inline=True)
+    with pytest.raises(services.RequestExpired, match=f"request #{request.pk} expired at"):
+        services.request_approve(request_id=request.pk, actor=people["alice"].actor, inline=True)
     assert snapshot() == before
 
     assert requests_expire_task() == [request.pk]
@@ -474,7 +474,7 @@ def test_requests_expire_and_an_expired_request_can_no_longer_be_decided(make_pi
     assert request.status == Status.EXPIRED
     entry = AuditEntry.objects.get(event="request.expired")
     assert (entry.actor, entry.change_id, entry.details["request_id"]) == ("service:request-expiry", change, request.pk)
-    assert approvals.requests_expire() == []
+    assert services.requests_expire() == []
     assert table_exists(table)
 
 
@@ -483,13 +483,13 @@ def test_an_approved_apply_request_stops_covering_its_change_when_it_expires(mak
     make_pipeline({"main": {"0001_t.yaml": table_change(change, f"late_{unique}")}})
     policy("app-db", "staging", 1)
     request = submit(Kind.APPLY, change, people["eng"]).request
-    approvals.request_approve(request_id=request.pk, actor=people["alice"].actor)
+    services.request_approve(request_id=request.pk, actor=people["alice"].actor)
     assert next_action(change) == "APPLY"
 
     ChangeRequest.objects.filter(pk=request.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
 
     assert next_action(change) == "AWAITING_APPROVAL"
-    assert approvals.requests_expire() == [request.pk]
+    assert services.requests_expire() == [request.pk]
     assert ChangeRequest.objects.get(pk=request.pk).status == Status.EXPIRED
 
 
@@ -511,19 +511,19 @@ def test_only_the_requester_cancels_a_request(make_pipeline, unique, people, sta
 
     for other in others:
         with pytest.raises(PermissionRefused, match="only its requester \\(eng\\) can"):
-            approvals.request_cancel(request_id=request.pk, actor=other.actor)
+            services.request_cancel(request_id=request.pk, actor=other.actor)
     assert snapshot() == before
 
-    cancelled = approvals.request_cancel(request_id=request.pk, actor=people["eng"].actor, comment="wrong change")
+    cancelled = services.request_cancel(request_id=request.pk, actor=people["eng"].actor, comment="wrong change")
 
     assert (cancelled.status, cancelled.status_reason) == (Status.CANCELLED, "cancelled by eng: wrong change")
     entry = AuditEntry.objects.get(event="request.cancelled")
     assert (entry.actor, entry.reason, entry.details["request_id"]) == ("eng", "wrong change", request.pk)
     after = snapshot()
-    with pytest.raises(approvals.RequestNotPending):
-        approvals.request_cancel(request_id=request.pk, actor=people["eng"].actor)
-    with pytest.raises(approvals.RequestNotPending):
-        approvals.request_approve(request_id=request.pk, actor=people["alice"].actor, inline=True)
+    with pytest.raises(services.RequestNotPending):
+        services.request_cancel(request_id=request.pk, actor=people["eng"].actor)
+    with pytest.raises(services.RequestNotPending):
+        services.request_approve(request_id=request.pk, actor=people["alice"].actor, inline=True)
     assert snapshot() == after
     assert table_exists(table)
 
@@ -540,7 +540,7 @@ def test_bad_input_changes_nothing(case, make_pipeline, unique, people, staging,
     policy("app-db", "staging", 1)
     eng, alice, bob = people["eng"], people["alice"], people["bob"]
     decided = submit(Kind.UNDO, change, eng).request
-    approvals.request_reject(request_id=decided.pk, actor=bob.actor)
+    services.request_reject(request_id=decided.pk, actor=bob.actor)
     pending = submit(Kind.UNDO, change, eng).request
     if case == "expired request":
         # Its clock ran out; the expiry task has not passed yet.
@@ -549,20 +549,20 @@ def test_bad_input_changes_nothing(case, make_pipeline, unique, people, staging,
         "empty reason": lambda: submit(Kind.UNDO, change, eng, reason=""),
         "blank reason": lambda: submit(Kind.SKIP, change, eng, reason="   "),
         "unknown change": lambda: submit(Kind.UNDO, f"nope-{unique}", eng),
-        "decided request": lambda: approvals.request_approve(request_id=decided.pk, actor=alice.actor, inline=True),
-        "expired request": lambda: approvals.request_approve(request_id=pending.pk, actor=alice.actor, inline=True),
-        "unknown request": lambda: approvals.request_reject(request_id=987654, actor=alice.actor),
-        "empty comment": lambda: approvals.request_comment(request_id=pending.pk, actor=alice.actor, body="  "),
-        "no permission": lambda: approvals.request_approve(request_id=pending.pk, actor=people["carol"].actor),
+        "decided request": lambda: services.request_approve(request_id=decided.pk, actor=alice.actor, inline=True),
+        "expired request": lambda: services.request_approve(request_id=pending.pk, actor=alice.actor, inline=True),
+        "unknown request": lambda: services.request_reject(request_id=987654, actor=alice.actor),
+        "empty comment": lambda: services.request_comment(request_id=pending.pk, actor=alice.actor, body="  "),
+        "no permission": lambda: services.request_approve(request_id=pending.pk, actor=people["carol"].actor),
     }
     errors = {
-        "empty reason": (approvals.RequestRefused, "a reason is required"),
-        "blank reason": (approvals.RequestRefused, "a reason is required"),
+        "empty reason": (services.RequestRefused, "a reason is required"),
+        "blank reason": (services.RequestRefused, "a reason is required"),
         "unknown change": (services.NotFound, "no change"),
-        "decided request": (approvals.RequestNotPending, "is REJECTED: only a pending request can be decided"),
-        "expired request": (approvals.RequestExpired, "expired at"),
+        "decided request": (services.RequestNotPending, "is REJECTED: only a pending request can be decided"),
+        "expired request": (services.RequestExpired, "expired at"),
         "unknown request": (services.NotFound, "no request #987654"),
-        "empty comment": (approvals.RequestRefused, "a comment cannot be empty"),
+        "empty comment": (services.RequestRefused, "a comment cannot be empty"),
         "no permission": (PermissionRefused, "carol may not approve requests on target system 'app-db'"),
     }
     before = snapshot()
@@ -604,11 +604,11 @@ def test_comments_are_audited_and_only_people_concerned_may_comment(make_pipelin
     policy("app-db", "staging", 1)
     request = submit(Kind.UNDO, change, people["eng"]).request
 
-    approvals.request_comment(request_id=request.pk, actor=people["alice"].actor, body="which release?")
-    approvals.request_comment(request_id=request.pk, actor=people["eng"].actor, body="release 7")
+    services.request_comment(request_id=request.pk, actor=people["alice"].actor, body="which release?")
+    services.request_comment(request_id=request.pk, actor=people["eng"].actor, body="release 7")
     before = snapshot()
     with pytest.raises(PermissionRefused, match="carol may not comment"):
-        approvals.request_comment(request_id=request.pk, actor=people["carol"].actor, body="I only look")
+        services.request_comment(request_id=request.pk, actor=people["carol"].actor, body="I only look")
     assert snapshot() == before
 
     assert [(c.author_name, c.body) for c in request.comments.all()] == [("alice", "which release?"), ("eng", "release 7")]
@@ -633,10 +633,10 @@ def test_lists_are_filtered_to_what_each_user_may_see_and_decide(make_pipeline, 
     nobody = person("nobody")
 
     def visible(who):
-        return sorted(approvals.requests_visible(actor=who.actor).values_list("pk", flat=True))
+        return sorted(services.requests_visible(actor=who.actor).values_list("pk", flat=True))
 
     def awaiting(who):
-        return sorted(approvals.requests_awaiting(actor=who.actor).values_list("pk", flat=True))
+        return sorted(services.requests_awaiting(actor=who.actor).values_list("pk", flat=True))
 
     both = sorted([on_db.pk, on_journal.pk])
     assert {name: visible(who) for name, who in {**people, "jo": journal_only, "ja": journal_approver, "nobody": nobody}.items()} == {
@@ -655,7 +655,7 @@ def test_lists_are_filtered_to_what_each_user_may_see_and_decide(make_pipeline, 
         "carol": [],
         "ja": [on_journal.pk],
     }
-    approvals.request_approve(request_id=on_journal.pk, actor=journal_approver.actor, inline=True)
+    services.request_approve(request_id=on_journal.pk, actor=journal_approver.actor, inline=True)
     assert awaiting(people["alice"]) == [on_db.pk]
 
 
@@ -772,7 +772,7 @@ def test_an_approved_request_is_executed_by_a_worker_under_the_lock(make_pipelin
         worker.start()
         wait_for(lambda: worker.ready, timeout=60, what="the worker")
         with broker.publishing():
-            approved = approvals.request_approve(request_id=request.pk, actor=people["alice"].actor)
+            approved = services.request_approve(request_id=request.pk, actor=people["alice"].actor)
         assert approved.status == Status.APPROVED and approved.run.status == Run.Status.QUEUED
 
         wait_for(lambda: ChangeRequest.objects.get(pk=request.pk).status != Status.APPROVED, timeout=60, what="the request executed")

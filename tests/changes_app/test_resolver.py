@@ -1,4 +1,4 @@
-"""The resolver table of DOMAIN §4, row by row, and the stage rules around it.
+"""The resolver table of docs/semantics.md §4, row by row, and the stage rules around it.
 
 Each row writes the latest state through the real ledger writer, then asks
 ``services.pipeline_plan()``, exactly as ``flamingock plan`` does. Kinds of change:
@@ -11,12 +11,13 @@ import pytest
 from audit_app.models import AuditEntry
 from audit_app.models import ChangeStateName as S
 from audit_app.services import change_states
-from changes_app import engine, services
+from changes_app import services
 from changes_app.definitions import Strategy
-from changes_app.identity import cli_actor
+from changes_app.engine import executor as engine
+from changes_app.governance.identity import cli_actor
 from changes_app.models import Run
-from changes_app.resolver import Action, plan_build
-from changes_app.targets import target_systems
+from changes_app.pipeline.plan import Action, plan_build
+from changes_app.targets.base import target_systems
 from tests.support.ledger import change_source, entries_of, state_record
 
 pytestmark = pytest.mark.django_db

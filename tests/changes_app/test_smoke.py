@@ -4,7 +4,7 @@ import pytest
 
 from audit_app.models import AuditEntry
 from changes_app import services
-from changes_app.identity import cli_actor
+from changes_app.governance.identity import cli_actor
 from changes_app.models import Run
 from tests.conftest import manage
 

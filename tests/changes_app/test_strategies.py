@@ -1,4 +1,4 @@
-"""Every execution trail of DOMAIN §5, on the real audit database and a real external PostgreSQL:
+"""Every execution trail of docs/semantics.md §5, on the real audit database and a real external PostgreSQL:
 the exact ledger sequence of each change and its effect on the target."""
 
 import pytest
@@ -6,7 +6,7 @@ from django.db import connection
 
 from audit_app.models import AuditEntry
 from changes_app.models import Run
-from changes_app.targets import target_systems_reset
+from changes_app.targets.base import target_systems_reset
 from tests.support.trails import (
     crash_run,
     entries,
@@ -66,7 +66,7 @@ def _shared_insert_then(make_pipeline, change: str, table: str, then: str) -> No
         cursor.execute(f"CREATE TABLE {table} (id integer PRIMARY KEY)")
     source = (
         "from audit_app.services import Actor\nfrom changes_app import services\nfrom changes_app.definitions import Change\n"
-        "from changes_app.locks import fence_advance, lock_backend\n\n\n"
+        "from changes_app.locks.backends import lock_backend\nfrom changes_app.locks.base import fence_advance\n\n\n"
         f"class Sql(Change):\n    id = {change!r}\n    author = 'tests'\n    target = 'app-db'\n\n"
         f"    def apply(self, cursor, context):\n        cursor.execute('INSERT INTO {table} (id) VALUES (1)')\n        {then}\n"
     )
@@ -117,7 +117,7 @@ def test_shared_change_whose_entry_the_database_hashed_otherwise_stops_the_run_a
     change, table = f"hashed-{unique}", f"h_{unique}"
     # For the APPLIED entry only: the writer's re-check formats the time as no server would.
     once = (
-        "import audit_app.services as writer; original = writer.timestamp_text; "
+        "import audit_app.writer_postgresql as writer; original = writer.timestamp_text; "
         "writer.timestamp_text = lambda value: (setattr(writer, 'timestamp_text', original), 'not the server format')[1]"
     )
     _shared_insert_then(make_pipeline, change, table, once)

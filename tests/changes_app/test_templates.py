@@ -13,11 +13,11 @@ import pytest
 from audit_app.models import AuditEntry
 from audit_app.models import ChangeStateName as S
 from changes_app import services
-from changes_app.change_templates import SqlTemplate, split_statements
-from changes_app.identity import cli_actor
+from changes_app.governance.identity import cli_actor
 from changes_app.models import Run
-from changes_app.resolver import Action
-from changes_app.targets import TargetSystem, target_systems
+from changes_app.pipeline.plan import Action
+from changes_app.targets.base import TargetSystem, target_systems
+from changes_app.targets.templates import SqlTemplate, split_statements
 from tests.support.ledger import state_record
 
 pytestmark = pytest.mark.django_db

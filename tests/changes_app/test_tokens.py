@@ -5,7 +5,7 @@ from django.contrib.auth import get_user_model
 from django.urls import reverse
 
 from audit_app.models import AuditEntry
-from changes_app.identity import token_create, token_user
+from changes_app.governance.identity import token_create, token_user
 from changes_app.models import ApiToken
 from tests.support.trails import cli
 

@@ -1,4 +1,4 @@
-"""Distributed execution (DOMAIN §7) proven with real processes: Celery workers on a Redis broker,
+"""Distributed execution (docs/semantics.md §6) proven with real processes: Celery workers on a Redis broker,
 PostgreSQL as the audit store, a Redis lease lock, and ``kill -9``.
 
 Every change counts its own executions on its target: a row in a table of the application
@@ -31,11 +31,11 @@ from django.test import override_settings
 from audit_app.models import APPLIED_STATES, AuditEntry, ChangeState
 from audit_app.models import ChangeStateName as S
 from changes_app import services
-from changes_app.guidance import issue_guidance
-from changes_app.identity import cli_actor
+from changes_app.governance.identity import cli_actor
 from changes_app.models import Run
-from changes_app.resolver import Action
-from changes_app.targets import target_systems
+from changes_app.pipeline.guidance import issue_guidance
+from changes_app.pipeline.plan import Action
+from changes_app.targets.base import target_systems
 from tests.conftest import manage
 from tests.support.workers import Broker, Worker, wait_for, workers_start, workers_stop
 
@@ -526,7 +526,7 @@ def reap(trial: Trial) -> bool:
 
 
 def outcome(trial: Trial, effects: Effects, counts: Counter) -> dict[str, str]:
-    """Check DOMAIN's promises for one trial; returns each change's outcome for the report."""
+    """Check the guarantee (docs/semantics.md §1) for one trial; returns each change's outcome for the report."""
     ids = trial.ids
     states = {row.change_id: row for row in ChangeState.objects.filter(change_id__in=ids.values())}
     entries = applied_entries(ids.values())

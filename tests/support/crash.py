@@ -1,5 +1,5 @@
 """Crash-test helpers: changes whose every effect is counted on its target, child runs that can be
-killed or paused for real, and the ledger states DOMAIN allows for what the targets show.
+killed or paused for real, and the ledger states docs/semantics.md §5.5 allows for what the targets show.
 
 Each change records one effect per execution: a row in a table of the audit database (shared
 transaction), a row in a table of the external PostgreSQL (marker), or an ``effect`` line in the
@@ -174,11 +174,11 @@ def latest_entry(change_id: str) -> AuditEntry | None:
 
 
 def ledger_problems(specs: list[Spec], effects: Effects) -> list[str]:
-    """Every way the ledger disagrees with the evidence in the targets (DOMAIN §1, §4, §5).
+    """Every way the ledger disagrees with the evidence in the targets (docs/semantics.md §1, §4, §5).
 
     - an effect is never made twice;
     - the projection is the trail's latest entry;
-    - the latest state is one DOMAIN allows for the evidence: a transactional target's effect
+    - the latest state is one the semantics allow for the evidence: a transactional target's effect
       always has an APPLIED entry (shared) or at least a STARTED one settled by its marker;
       an APPLIED change has its effect; a change never run has none;
     - order is never broken: in a stage, every change before the last one touched is applied.
@@ -196,7 +196,7 @@ def ledger_problems(specs: list[Spec], effects: Effects) -> list[str]:
             problems.append(f"{spec.id}: effect made {count} times")
         allowed = allowed_counts(spec, state, generation_committed=row is not None and row.applied_count in markers.get(spec.id, set()))
         if count not in allowed:
-            problems.append(f"{spec.id} ({spec.kind}): latest state {state} with {count} effect(s); DOMAIN allows {sorted(allowed)}")
+            problems.append(f"{spec.id} ({spec.kind}): latest state {state} with {count} effect(s); the semantics allow {sorted(allowed)}")
     for stage in sorted({spec.stage for spec in specs}):
         ordered = sorted((spec for spec in specs if spec.stage == stage), key=lambda spec: spec.order)
         last_touched = max((index for index, spec in enumerate(ordered) if spec.id in states), default=0)
@@ -346,7 +346,7 @@ class Lab:
         """What an operator does after a run reported BLOCKED: for each change left to a human, look
         at the target (a row, a journal line) and record with ``fix`` whether the effect is there."""
         from changes_app import services
-        from changes_app.resolver import Action
+        from changes_app.pipeline.plan import Action
 
         issues = [item.change.id for item in services.pipeline_plan().issues]
         # A verify probe that could not prove the effect leaves the change to a human too.
@@ -364,7 +364,7 @@ class Lab:
     def resolve(self, *, rounds: int = 8) -> list[str]:
         """Run until nothing is pending, fixing what the runs report as blocked. Returns the fixes."""
         from changes_app import services
-        from changes_app.resolver import Action
+        from changes_app.pipeline.plan import Action
 
         fixes = []
         for _ in range(rounds):

@@ -1,4 +1,4 @@
-"""Helpers for the governance tests (DOMAIN §6): people in roles with object permissions, policies,
+"""Helpers for the governance tests (docs/semantics.md §9): people in roles with object permissions, policies,
 and a snapshot of everything a refused action must leave as it was."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from guardian.shortcuts import assign_perm
 
 from audit_app.models import AuditEntry, ChangeState
 from audit_app.services import Actor
-from changes_app.identity import token_create
+from changes_app.governance.identity import token_create
+from changes_app.governance.roles import roles_ensure
 from changes_app.models import Approval, ApprovalPolicy, ChangeRequest, RequestComment, Run, TargetSystem
-from changes_app.roles import roles_ensure
-from changes_app.services import target_systems_sync
+from changes_app.services.catalogue import target_systems_sync
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from django.conf import settings
 from audit_app.models import STATE_EVENTS, AuditEntry
 from audit_app.services import Actor, ChangeRef, audit_record
 from changes_app.definitions import ChangeDefinition
-from changes_app.targets import target_systems
+from changes_app.targets.base import target_systems
 
 TEST_ACTOR = Actor(name="tests", via="tests")
 

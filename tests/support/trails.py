@@ -1,4 +1,4 @@
-"""Helpers for the trail tests of DOMAIN §5: the ledger as a sequence, change sources, the CLI run
+"""Helpers for the trail tests of docs/semantics.md §5: the ledger as a sequence, change sources, the CLI run
 in-process, and child processes killed at a boundary to leave a change STARTED for real."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from django.db import connection
 from audit_app.models import AuditEntry
 from audit_app.services import Actor
 from changes_app import services
-from changes_app.identity import cli_actor
-from changes_app.locks import lock_backend
+from changes_app.governance.identity import cli_actor
+from changes_app.locks.backends import lock_backend
 from changes_app.models import Run
 from tests.conftest import manage
 

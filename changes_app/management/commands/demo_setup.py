@@ -16,11 +16,11 @@ from django.db import transaction
 from guardian.shortcuts import assign_perm
 
 from audit_app.services import Actor
-from changes_app.identity import os_user
+from changes_app.governance.identity import os_user
+from changes_app.governance.permission_audit import acting_as
+from changes_app.governance.roles import APPROVER, COMPLIANCE_OFFICER, ENGINEER, PLATFORM_ADMIN
 from changes_app.models import ChangeRecord, TargetSystem
-from changes_app.permission_audit import acting_as
-from changes_app.roles import APPROVER, COMPLIANCE_OFFICER, ENGINEER, PLATFORM_ADMIN
-from changes_app.services import catalogue_sync
+from changes_app.services.catalogue import catalogue_sync
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Bad payloads (issue 6): wrong types, an unknown change, self-approval, a decided request, a missing
+"""Bad payloads (docs/api.md): wrong types, an unknown change, self-approval, a decided request, a missing
 reason, an unknown request, malformed JSON. Each gets its documented 4xx in the one error format
 and changes nothing: the chain head, the entries, the rows and every state are as they were."""
 

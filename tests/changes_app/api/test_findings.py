@@ -9,10 +9,9 @@ from django.contrib.auth.models import Permission
 
 from audit_app.models import AuditEntry
 from changes_app.models import Finding
+from tests.changes_app.api.conftest import client_for
+from tests.changes_app.api.helpers import refused, state
 from tests.support.governance import person
-
-from .conftest import client_for
-from .helpers import refused, state
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,4 +1,4 @@
-"""Idempotency keys on the POSTs that start work (issue 6): the same key and body replays the first
+"""Idempotency keys on the POSTs that start work (docs/api.md): the same key and body replays the first
 response (``Idempotent-Replayed: true``) and starts nothing new; the same key with another body is a
 422; keys belong to one user."""
 

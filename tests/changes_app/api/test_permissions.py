@@ -1,4 +1,4 @@
-"""The permission matrix (DOMAIN §6): every endpoint and method against every role and an
+"""The permission matrix (docs/semantics.md §9): every endpoint and method against every role and an
 object-scoped person; lists filtered; an object one may not see is a 404 exactly like a missing one."""
 
 from __future__ import annotations

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from audit_app.models import AuditEntry
 from changes_app import services
-from changes_app.discovery import pipeline_load
-from changes_app.guidance import issue_details
-from changes_app.identity import cli_actor
-from changes_app.locks import lock_backend
+from changes_app.governance.identity import cli_actor
+from changes_app.locks.backends import lock_backend
 from changes_app.models import Run
-from changes_app.targets import target_systems
+from changes_app.pipeline.discovery import pipeline_load
+from changes_app.pipeline.guidance import issue_details
+from changes_app.targets.base import target_systems
 from tests.conftest import manage
 
 

@@ -8,10 +8,9 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 
-from changes_app.discovery import pipeline_load
+from changes_app.pipeline.discovery import pipeline_load
+from tests.changes_app.targets.support import results, run_pipeline
 from tests.conftest import manage
-
-from .support import results, run_pipeline
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

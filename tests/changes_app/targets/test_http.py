@@ -6,10 +6,9 @@ import time
 import pytest
 
 from changes_app.models import Run
-from changes_app.target_kinds.http import HttpStatusError
-from changes_app.targets import TargetUnavailable, target_systems
-
-from .support import crash_run, issue, last_entry, next_action, results, run_pipeline, states, undo, verify
+from changes_app.targets.base import TargetUnavailable, target_systems
+from changes_app.targets.http import HttpStatusError
+from tests.changes_app.targets.support import crash_run, issue, last_entry, next_action, results, run_pipeline, states, undo, verify
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

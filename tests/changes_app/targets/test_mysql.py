@@ -3,11 +3,10 @@ marker in the target database, the DDL guard, compensation, kills on both strate
 
 import pytest
 
-from changes_app.discovery import pipeline_load
 from changes_app.models import Run
-
-from .conftest import mariadb_connect
-from .support import crash_run, issue, last_entry, next_action, results, run_pipeline, states, undo, verify
+from changes_app.pipeline.discovery import pipeline_load
+from tests.changes_app.targets.conftest import mariadb_connect
+from tests.changes_app.targets.support import crash_run, issue, last_entry, next_action, results, run_pipeline, states, undo, verify
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

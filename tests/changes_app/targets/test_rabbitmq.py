@@ -7,9 +7,8 @@ import kombu
 import pytest
 
 from changes_app.models import Run
-from changes_app.targets import target_systems
-
-from .support import crash_run, issue, last_entry, next_action, results, run_pipeline, states, undo, verify
+from changes_app.targets.base import target_systems
+from tests.changes_app.targets.support import crash_run, issue, last_entry, next_action, results, run_pipeline, states, undo, verify
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

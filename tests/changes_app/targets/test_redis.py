@@ -3,10 +3,9 @@ order, a kill in the middle, and verify settling a STARTED change."""
 
 import pytest
 
-from changes_app.discovery import pipeline_load
 from changes_app.models import Run
-
-from .support import crash_run, issue, last_entry, next_action, results, run_pipeline, states, undo, verify
+from changes_app.pipeline.discovery import pipeline_load
+from tests.changes_app.targets.support import crash_run, issue, last_entry, next_action, results, run_pipeline, states, undo, verify
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -181,7 +180,7 @@ def test_redis_started_change_whose_effect_is_present_is_reconciled_by_verify(ma
 
 def test_redis_started_change_whose_effect_is_absent_waits_for_a_human(make_pipeline, unique, redis_client, subprocess_env):
     from changes_app import services
-    from changes_app.identity import cli_actor
+    from changes_app.governance.identity import cli_actor
 
     prefix, change = f"flk:{unique}:", f"flag-{unique}"
     make_pipeline({"flags": {"0001_flag.yaml": flag_change(change, prefix)}})

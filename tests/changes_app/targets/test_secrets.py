@@ -11,10 +11,9 @@ import pytest
 from audit_app.models import AuditEntry
 from audit_app.redaction import MASK
 from changes_app.models import TargetSystem
-from changes_app.targets import target_systems
-
-from .conftest import MARIADB_SERVER, REDIS_URL, mariadb_connect
-from .support import results, run_pipeline
+from changes_app.targets.base import target_systems
+from tests.changes_app.targets.conftest import MARIADB_SERVER, REDIS_URL, mariadb_connect
+from tests.changes_app.targets.support import results, run_pipeline
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -130,6 +129,6 @@ def test_secrets_of_every_kind_are_masked_everywhere_even_when_an_error_quotes_t
 def test_http_target_refuses_a_token_written_in_settings(settings, targets):
     settings.FLAMINGOCK_TARGET_SYSTEMS = {**targets, "api": {**targets["api"], "token": "written-in-settings"}}
 
-    from changes_app.targets import target_config_problems
+    from changes_app.targets.base import target_config_problems
 
     assert target_config_problems()["api"] == ["a token never goes in settings: name the environment variable holding it with 'token_env'"]

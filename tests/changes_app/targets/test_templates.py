@@ -3,7 +3,7 @@ and MySQL DDL is non-transactional by inference, never by a declared ``transacti
 
 import pytest
 
-from changes_app.target_kinds.redis import matches
+from changes_app.targets.redis import matches
 
 pytestmark = pytest.mark.django_db
 

@@ -1,0 +1,123 @@
+"""``audit list|verify|export|verify-export|checkpoint``: the trail, read, proven and exported."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from django.contrib.auth import get_user_model
+
+from audit_app.export import TRAILER_MARK, ExportFilters, audit_export, audit_export_verify
+from audit_app.integrity import audit_verify, checkpoint_write, verification_record
+from changes_app import services
+from changes_app.cli import parser
+from changes_app.cli.output import EXIT_INTEGRITY, EXIT_OK, EXIT_USAGE, Exit, Output, table
+from changes_app.governance.identity import cli_actor
+from changes_app.governance.permissions import PermissionRefused
+from changes_app.services.representations import audit_entry_data
+
+
+def reader(permission: str):
+    """The actor of a reading subcommand: in a protected environment a token whose user holds
+    ``permission``; elsewhere the local operator will do."""
+    actor = cli_actor()
+    if actor.user_id is not None and not get_user_model().objects.get(pk=actor.user_id).has_perm(permission):
+        raise PermissionRefused(f"{actor.name} may not read the audit trail ({permission})")
+    return actor
+
+
+def audit(out: Output, options) -> int:
+    return ACTIONS[options["action"]](out, options)
+
+
+def listing(out: Output, options) -> int:
+    entries = services.ledger_entries(
+        change_id=options.get("change") or "",
+        since=parser.since(options["since"]) if options.get("since") else None,
+        history=options["history"],
+        limit=options["limit"],
+    )
+    rows = [
+        [
+            e.id,
+            e.created_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+            e.event,
+            e.change_id or "-",
+            e.state or "-",
+            e.actor,
+            (e.reason or e.error.splitlines()[-1:] and e.error.splitlines()[-1] or "")[:60],
+        ]
+        for e in entries
+    ]
+    out.emit(
+        lambda: [audit_entry_data(entry) for entry in entries],
+        table(rows, ["#", "AT (UTC)", "EVENT", "CHANGE", "STATE", "ACTOR", "NOTE"]) if rows else "no entries",
+    )
+    return EXIT_OK
+
+
+def verify(out: Output, options) -> int:
+    report = audit_verify(from_checkpoint=options["from_checkpoint"])
+    verification_record(report, actor=reader("audit_app.view_auditentry"))
+    text = (
+        f"the chain is intact: {report.entries_checked} entries checked up to #{report.head_seq} in {report.duration_ms:.0f} ms"
+        if report.ok
+        else f"BROKEN at entry #{report.problem.seq}: {report.problem.message}"
+    )
+    out.emit(report.as_dict(), text)
+    return EXIT_OK if report.ok else EXIT_INTEGRITY
+
+
+def checkpoint(out: Output, options) -> int:
+    written = checkpoint_write(reason="cli", force=True)
+    if written is None:
+        out.emit({"checkpoint": None}, "the trail is empty: nothing to sign")
+        return EXIT_OK
+    data = {"id": written.pk, "seq": written.seq, "entry_hash": written.entry_hash, "public_key": written.public_key, "key_id": written.key_id}
+    out.emit(
+        data,
+        f"checkpoint {written.pk}: entry #{written.seq} {written.entry_hash} signed by key {written.key_id}\npublic key: {written.public_key}",
+    )
+    return EXIT_OK
+
+
+def export(out: Output, options) -> int:
+    if not options.get("output"):
+        raise Exit(EXIT_USAGE, "audit export needs --output FILE (or '-' for standard output)")
+    reader("audit_app.view_auditentry")
+    filters = ExportFilters(
+        since=parser.since(options["since"]) if options.get("since") else None,
+        until=parser.since(options["until"]) if options.get("until") else None,
+        change_id=options.get("change") or "",
+        target=options.get("target") or "",
+        actor=options.get("actor") or "",
+        events=options.get("event") or [],
+    )
+    lines = audit_export(fmt=options["export_format"], filters=filters)
+    if options["output"] == "-":
+        for line in lines:
+            sys.stdout.write(line)
+        return EXIT_OK
+    with open(options["output"], "w", encoding="utf-8", newline="") as handle:
+        for piece in lines:
+            handle.write(piece)
+    rows = json.loads(piece[len(TRAILER_MARK) :])["count"]  # the last piece is the trailer line
+    out.note(f"exported {rows} entries to {options['output']} ({options['export_format']}), ending with the signed chain head")
+    return EXIT_OK
+
+
+def verify_export(out: Output, options) -> int:
+    if not options.get("file"):
+        raise Exit(EXIT_USAGE, "usage: flamingock audit verify-export FILE [--public-key HEX] [--offline]")
+    try:
+        check = audit_export_verify(options["file"], public_key=options.get("public_key"), against_trail=not options["offline"])
+    except OSError as error:
+        raise Exit(EXIT_USAGE, f"cannot read {options['file']}: {error.strerror or error}") from None
+    out.emit(
+        {"ok": check.ok, "rows": check.rows, "problems": check.problems},
+        f"the export is intact: {check.rows} rows" if check.ok else "the export does NOT verify:\n" + "\n".join(f"  {p}" for p in check.problems),
+    )
+    return EXIT_OK if check.ok else EXIT_INTEGRITY
+
+
+ACTIONS = {"list": listing, "verify": verify, "export": export, "verify-export": verify_export, "checkpoint": checkpoint}

@@ -1,0 +1,405 @@
+"""Discovery and validation of the pipeline.
+
+Each stage is a package of changes: the ``changes`` package of every installed app (unless
+``FLAMINGOCK_DISCOVER_APPS`` is false) followed by the packages in ``FLAMINGOCK_STAGES``
+(``"package"`` or ``"name=package"``). Validation collects every problem, each with file and line,
+before anything runs: a pipeline with problems never executes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import re
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core.signals import setting_changed
+
+from changes_app.definitions import Change, ChangeDefinition, Recovery, code_steps, parameter_names
+from changes_app.pipeline import collector
+from changes_app.pipeline.checksums import checksum_document, checksum_text, pipeline_digest
+from changes_app.targets.base import TargetSystem, target_config_problems, target_systems
+from changes_app.targets.templates import PAYLOAD_KEYS, templates
+
+CLASS_LINE = re.compile(r"^[ \t]*class[ \t]+(\w+)", re.MULTILINE)
+FILE_NAME = re.compile(r"^(?P<order>\d+)_[A-Za-z0-9_\-]+\.(?P<ext>py|ya?ml)$")
+YAML_KEYS = {"id", "author", "target", "template", "transactional", "recovery", "description", "environments", "order", *PAYLOAD_KEYS}
+
+
+@dataclass(frozen=True)
+class Problem:
+    code: str
+    message: str
+    path: str = ""
+    line: int = 0
+
+    def __str__(self):
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {self.message} [{self.code}]" if where else f"{self.message} [{self.code}]"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "path": self.path, "line": self.line}
+
+
+@dataclass
+class Stage:
+    name: str
+    package: str
+    changes: list[ChangeDefinition] = field(default_factory=list)
+
+
+@dataclass
+class Pipeline:
+    stages: list[Stage]
+    problems: list[Problem]
+    #: Stages left out because a change of theirs targets a disabled system (``"enabled": false``).
+    left_out: list[Stage] = field(default_factory=list)
+    #: What ``plan`` and ``run`` tell the operator about the pipeline (the stages left out, and why).
+    notices: list[str] = field(default_factory=list)
+
+    @cached_property
+    def by_id(self) -> dict[str, ChangeDefinition]:
+        return {change.id: change for stage in self.stages for change in stage.changes}
+
+    @cached_property
+    def digest(self) -> str:
+        return pipeline_digest([(change.stage, change.order, change.id, change.checksum) for stage in self.stages for change in stage.changes])
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    def __len__(self):
+        return sum(len(stage.changes) for stage in self.stages)
+
+
+def stage_sources() -> list[tuple[str, str]]:
+    """(stage name, package) in settings order."""
+    sources = []
+    if getattr(settings, "FLAMINGOCK_DISCOVER_APPS", True):
+        for app_config in apps.get_app_configs():
+            package = f"{app_config.name}.changes"
+            try:
+                found = importlib.util.find_spec(package) is not None
+            except ModuleNotFoundError:
+                found = False
+            if found:
+                sources.append((app_config.label, package))
+    for entry in getattr(settings, "FLAMINGOCK_STAGES", []):
+        name, _, package = entry.partition("=") if "=" in entry else (entry, "", entry)
+        sources.append((name.strip(), package.strip()))
+    return sources
+
+
+def _display_directory(directory: Path) -> str:
+    """How a stage directory's files are named in problems: relative to the project when inside it.
+    Resolved once per directory (resolving every file costs a ``stat`` per path component)."""
+    try:
+        return str(directory.resolve().relative_to(Path(settings.BASE_DIR).resolve()))
+    except ValueError:
+        return str(directory)
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as file:
+        return file.read()
+
+
+class _Loader:
+    def __init__(self, environment_targets: dict[str, TargetSystem]):
+        self.targets = environment_targets
+        self.problems: list[Problem] = []
+
+    def problem(self, code: str, message: str, path: str = "", line: int = 0) -> None:
+        self.problems.append(Problem(code, message, path, line))
+
+    def load_stage(self, name: str, package: str) -> Stage:
+        stage = Stage(name=name, package=package)
+        try:
+            module = importlib.import_module(package)
+        except Exception as error:  # the package itself is broken: report, do not crash discovery
+            self.problem("stage-import", f"stage {name!r}: cannot import {package!r}: {error}")
+            return stage
+        # Plain strings, not Path objects: with thousands of changes, building paths cost more than
+        # reading the files. scandir reads the file type from the directory itself: no stat() per file.
+        files: dict[str, tuple[str, str]] = {}  # path -> (name, directory as shown in problems)
+        for directory in getattr(module, "__path__", []):
+            shown_directory = _display_directory(Path(directory))
+            for entry in os.scandir(directory):
+                if entry.is_file() and entry.path not in files:
+                    files[entry.path] = (entry.name, shown_directory)
+        for path, (file_name, shown_directory) in sorted(files.items(), key=lambda item: item[1][0]):
+            if file_name.startswith(("_", ".")) or os.path.splitext(file_name)[1] not in {".py", ".yaml", ".yml"}:
+                continue
+            shown = file_name if shown_directory == "." else os.path.join(shown_directory, file_name)
+            match = FILE_NAME.match(file_name)
+            if not match:
+                self.problem("bad-order", f"file name {file_name!r} must start with a numeric order prefix, like 0001_name", shown, 1)
+                continue
+            loader = self.load_python if match["ext"] == "py" else self.load_yaml
+            change = loader(stage, package, path, shown, match["order"])
+            if change is not None:
+                stage.changes.append(change)
+        stage.changes.sort(key=lambda change: change.order)
+        return stage
+
+    def _common(self, values: dict[str, Any], lines: dict[str, int], shown: str, prefix: str) -> dict[str, Any] | None:
+        ok = True
+        for key in ("id", "author", "target"):
+            value = values.get(key)
+            if not isinstance(value, str) or not value.strip():
+                self.problem(f"missing-{key}", f"missing or empty '{key}'", shown, lines.get(key, lines["_"]))
+                ok = False
+        order = values.get("order")
+        if order is not None and str(order) != prefix:
+            self.problem(
+                "conflicting-order", f"declared order {order!r} disagrees with the file name prefix {prefix!r}", shown, lines.get("order", lines["_"])
+            )
+            ok = False
+        recovery = values.get("recovery") or Recovery.MANUAL_INTERVENTION
+        if recovery not in Recovery.__members__:
+            self.problem("bad-recovery", f"recovery {recovery!r} is not one of {', '.join(Recovery)}", shown, lines.get("recovery", lines["_"]))
+            ok = False
+        environments = values.get("environments")
+        if environments is not None and (not isinstance(environments, list) or not all(isinstance(item, str) for item in environments)):
+            self.problem("bad-environments", "'environments' must be a list of environment names", shown, lines.get("environments", lines["_"]))
+            ok = False
+        transactional = values.get("transactional")
+        if transactional is not None and not isinstance(transactional, bool):
+            self.problem("bad-transactional", "'transactional' must be true or false", shown, lines.get("transactional", lines["_"]))
+            ok = False
+        target = self.targets.get(values.get("target")) if isinstance(values.get("target"), str) else None
+        if isinstance(values.get("target"), str) and target is None:
+            known = ", ".join(sorted(self.targets)) or "none configured"
+            self.problem("unknown-target", f"unknown target system {values['target']!r} (known: {known})", shown, lines.get("target", lines["_"]))
+            ok = False
+        if target is not None and transactional is True and not target.supports_transactions:
+            self.problem(
+                "not-transactional-target",
+                f"'transactional: true' but target {target.name!r} ({target.kind}) cannot run changes in a transaction",
+                shown,
+                lines.get("transactional", lines["_"]),
+            )
+            ok = False
+        if not ok:
+            return None
+        return {
+            "target_system": target,
+            "transactional": target.supports_transactions if transactional is None else transactional,
+            "recovery": Recovery(recovery),
+            "environments": environments,
+        }
+
+    def load_python(self, stage: Stage, package: str, path: str, shown: str, prefix: str) -> ChangeDefinition | None:
+        module_name = f"{package}.{os.path.splitext(os.path.basename(path))[0]}"
+        try:
+            module = importlib.import_module(module_name)
+        except SyntaxError as error:
+            self.problem("import-error", f"syntax error: {error.msg}", shown, error.lineno or 1)
+            return None
+        except Exception as error:
+            frames = [frame for frame in traceback.extract_tb(error.__traceback__) if frame.filename == str(path)]
+            self.problem("import-error", f"cannot import: {type(error).__name__}: {error}", shown, frames[-1].lineno if frames else 1)
+            return None
+        classes = [
+            value
+            for value in vars(module).values()
+            if inspect.isclass(value) and issubclass(value, Change) and value is not Change and value.__module__ == module_name
+        ]
+        if len(classes) != 1:
+            found = ", ".join(cls.__name__ for cls in classes) or "none"
+            self.problem("change-class", f"a change module defines exactly one Change subclass (found: {found})", shown, 1)
+            return None
+        cls = classes[0]
+        source = _read_text(path)
+        found = next((match for match in CLASS_LINE.finditer(source) if match.group(1) == cls.__name__), None)
+        line = source.count("\n", 0, found.start()) + 1 if found else 1
+        values = {
+            key: getattr(cls, key, None) for key in ("id", "author", "target", "transactional", "recovery", "environments", "order", "description")
+        }
+        common = self._common(values, {"_": line}, shown, prefix)
+        apply = getattr(cls, "apply", None)
+        if not callable(apply):
+            self.problem("missing-apply", f"{cls.__name__} has no apply method", shown, line)
+            return None
+        if common is None:
+            return None
+        target = common["target_system"]
+        offered = target.dependency_names()
+        if offered is not None:
+            for method_name in ("apply", "rollback", "verify"):
+                method = getattr(cls, method_name, None)
+                if not callable(method):
+                    continue
+                unknown = [name for name in parameter_names(method)[1:] if name not in offered]
+                if unknown:
+                    self.problem(
+                        "unknown-dependency",
+                        f"{cls.__name__}.{method_name} asks for {', '.join(unknown)}; target {target.name!r} offers {', '.join(sorted(offered))}",
+                        shown,
+                        method.__code__.co_firstlineno,
+                    )
+                    return None
+        return ChangeDefinition(
+            id=values["id"],
+            stage=stage.name,
+            order=prefix,
+            author=values["author"],
+            target=values["target"],
+            transactional=common["transactional"],
+            recovery=common["recovery"],
+            description=values["description"] or (inspect.getdoc(cls) or ""),
+            environments=common["environments"],
+            kind="python",
+            template="",
+            path=shown,
+            line=line,
+            source=source,
+            checksum=checksum_text(source),
+            steps=code_steps(cls()),
+        )
+
+    def load_yaml(self, stage: Stage, package: str, path: str, shown: str, prefix: str) -> ChangeDefinition | None:
+        import yaml  # here, not at start-up: a pipeline of Python changes never needs it
+
+        source = _read_text(path)
+        try:
+            node = yaml.compose(source, Loader=yaml.SafeLoader)
+            document = yaml.safe_load(source)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            self.problem("malformed-yaml", f"malformed YAML: {getattr(error, 'problem', None) or error}", shown, mark.line + 1 if mark else 1)
+            return None
+        if not isinstance(document, dict) or not isinstance(node, yaml.MappingNode):
+            self.problem("malformed-yaml", "a YAML change must be a mapping of keys (id, author, target, template, apply...)", shown, 1)
+            return None
+        lines = {"_": 1, **{key.value: key.start_mark.line + 1 for key, _ in node.value if isinstance(key, yaml.ScalarNode)}}
+        unknown = sorted(set(map(str, document)) - YAML_KEYS)
+        if unknown:
+            self.problem("unknown-key", f"unknown keys {unknown}", shown, lines.get(unknown[0], 1))
+        common = self._common(document, lines, shown, prefix)
+        template_name = document.get("template")
+        template = templates().get(template_name) if isinstance(template_name, str) else None
+        if template is None:
+            known = ", ".join(sorted(templates()))
+            self.problem("unknown-template", f"unknown template {template_name!r} (known: {known})", shown, lines.get("template", 1))
+            return None
+        if not any(key in document for key in ("apply", "steps")):
+            self.problem("missing-apply", "a YAML change needs 'apply' or 'steps'", shown, 1)
+            return None
+        if common is None or unknown:
+            return None
+        target = common["target_system"]
+        transactional = common["transactional"]
+        if document.get("transactional") is None:
+            inferred = template.transactional_inferred(document, target)
+            transactional = transactional if inferred is None else inferred
+        problems = template.problems(document, target, transactional=transactional)
+        for key, message in problems:
+            self.problem("template", message, shown, lines.get(key.split("[")[0], 1))
+        if problems:
+            return None
+        return ChangeDefinition(
+            id=document["id"],
+            stage=stage.name,
+            order=prefix,
+            author=document["author"],
+            target=document["target"],
+            transactional=transactional,
+            recovery=common["recovery"],
+            description=document.get("description") or "",
+            environments=common["environments"],
+            kind="template",
+            template=template_name,
+            path=shown,
+            line=1,
+            source=source,
+            checksum=checksum_document(document),
+            steps=template.steps(document, target),
+        )
+
+
+def pipeline_discover() -> Pipeline:
+    """Load every stage and validate the whole pipeline, collecting all problems."""
+    loader = _Loader(target_systems())
+    for name, messages in target_config_problems().items():
+        for message in messages:
+            loader.problem("target-config", f"target system {name!r}: {message}")
+    stages = [loader.load_stage(name, package) for name, package in stage_sources()]
+    seen: dict[str, ChangeDefinition] = {}
+    for stage in stages:
+        orders: dict[str, ChangeDefinition] = {}
+        for change in stage.changes:
+            if change.order in orders:
+                other = orders[change.order]
+                loader.problem(
+                    "conflicting-order", f"order {change.order} is used twice in stage {stage.name!r} (also {other.path})", change.path, change.line
+                )
+            orders[change.order] = change
+            if change.id in seen:
+                other = seen[change.id]
+                loader.problem(
+                    "duplicate-id", f"duplicate change id {change.id!r} (first defined at {other.path}:{other.line})", change.path, change.line
+                )
+            else:
+                seen[change.id] = change
+    return _leave_out_disabled(Pipeline(stages=stages, problems=loader.problems), loader.targets)
+
+
+def _leave_out_disabled(pipeline: Pipeline, systems: dict[str, TargetSystem]) -> Pipeline:
+    """A stage with a change on a disabled target system is left out whole (running part of a stage
+    would break its order), and a notice says so."""
+    kept = []
+    for stage in pipeline.stages:
+        disabled = [systems[name] for name in sorted({change.target for change in stage.changes}) if not systems[name].enabled]
+        if not disabled:
+            kept.append(stage)
+            continue
+        pipeline.left_out.append(stage)
+        why = ", ".join(f"{system.name!r} ({', '.join([system.kind, *system.required_environment()])})" for system in disabled)
+        pipeline.notices.append(f'stage {stage.name!r} is left out: target system {why} is disabled ("enabled": false)')
+    pipeline.stages = kept
+    return pipeline
+
+
+_cached: Pipeline | None = None
+_cache_lock = threading.Lock()
+
+
+def pipeline_load(*, reload: bool = False) -> Pipeline:
+    """The pipeline of this process; ``reload`` re-imports every change module from disk."""
+    global _cached
+    with _cache_lock:
+        if reload or _cached is None:
+            if reload:
+                _forget_change_modules()
+            with collector.paused():
+                _cached = pipeline_discover()
+        return _cached
+
+
+def _forget_change_modules() -> None:
+    packages = tuple(package for _, package in stage_sources())
+    for name in [name for name in sys.modules if name.startswith(packages)]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+def _on_setting_changed(*, setting, **kwargs):
+    global _cached
+    if setting.startswith("FLAMINGOCK_") or setting == "INSTALLED_APPS":
+        with _cache_lock:
+            _cached = None
+
+
+setting_changed.connect(_on_setting_changed)

@@ -1,0 +1,119 @@
+"""Which single-change actions a change allows now: the one rule the engine, the services, the
+admin, the API and the command line all ask (docs/semantics.md §6).
+
+Each check refuses with the reason (:class:`~changes_app.errors.ActionRefused`) or returns; none
+writes anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from audit_app.models import APPLIED_STATES, ChangeState
+from audit_app.models import ChangeStateName as S
+from changes_app.definitions import ChangeDefinition, Strategy
+from changes_app.errors import ActionRefused, NotFound, PipelineInvalid
+from changes_app.pipeline.discovery import Pipeline, pipeline_load
+from changes_app.pipeline.plan import Action, resolve
+from changes_app.targets.base import target_systems
+
+#: The two answers ``fix`` accepts, and the state each records.
+RESOLUTIONS = {"applied": S.MANUAL_MARKED_AS_APPLIED, "rolled-back": S.MANUAL_MARKED_AS_ROLLED_BACK}
+
+
+@dataclass
+class Subject:
+    """A change as the rules see it: its definition, its latest ledger state, its strategy."""
+
+    change: ChangeDefinition
+    state: ChangeState | None
+    strategy: Strategy
+
+    @property
+    def state_name(self) -> str:
+        return self.state.state if self.state else ""
+
+
+def subject_of(change_id: str, *, pipeline: Pipeline | None = None) -> Subject:
+    pipeline = pipeline or pipeline_load()
+    if not pipeline.valid:
+        raise PipelineInvalid(pipeline)
+    change = pipeline.by_id.get(change_id)
+    if change is None:
+        raise NotFound(f"no change {change_id!r} in the pipeline")
+    strategy = target_systems()[change.target].strategy(transactional=change.transactional)
+    return Subject(change, ChangeState.objects.filter(change_id=change_id).first(), strategy)
+
+
+def undo_cascade(change_id: str, *, pipeline: Pipeline | None = None) -> list[Subject]:
+    """The changes an undo of ``change_id`` rolls back, newest first; refuses with the reason."""
+    pipeline = pipeline or pipeline_load()
+    subject = subject_of(change_id, pipeline=pipeline)
+    if subject.state is None or subject.state.state not in APPLIED_STATES:
+        raise ActionRefused(f"{change_id} is not applied (latest state: {subject.state_name or 'none'}); nothing to undo")
+    stage = next(stage for stage in pipeline.stages if stage.name == subject.change.stage)
+    states = {row.change_id: row for row in ChangeState.objects.filter(change_id__in=[c.id for c in stage.changes])}
+    targets = target_systems()
+    cascade = [
+        Subject(change, states[change.id], targets[change.target].strategy(transactional=change.transactional))
+        for change in stage.changes
+        if change.order >= subject.change.order and change.id in states and states[change.id].state in APPLIED_STATES
+    ]
+    cascade.reverse()
+    drifted = [s.change.id for s in cascade if s.state.checksum and s.state.checksum != s.change.checksum]
+    if drifted:
+        raise ActionRefused(f"undo refused while the checksum has drifted: {', '.join(drifted)} (accept the checksum or revert the edit first)")
+    missing = [s.change.id for s in cascade if not s.change.has_rollback]
+    if missing:
+        raise ActionRefused(
+            f"undo refused: {', '.join(missing)} has no rollback (undoing {change_id} must undo every later applied change of its stage)"
+        )
+    return cascade
+
+
+def fix_check(subject: Subject, resolution: str) -> str:
+    """The state a manual fix records; refused unless the change is in an uncertain state."""
+    if resolution not in RESOLUTIONS:
+        raise ActionRefused("resolution must be 'applied' or 'rolled-back'")
+    action, _ = resolve(subject.change, subject.strategy, subject.state)
+    # A verify probe that cannot prove the effect leaves a non-transactional STARTED change to a human.
+    probed = action == Action.RECONCILE and subject.strategy == Strategy.NON_TRANSACTIONAL
+    if subject.state is None or not (action == Action.MANUAL_INTERVENTION or probed) or subject.state.state in APPLIED_STATES:
+        raise ActionRefused(
+            f"{subject.change.id} needs no manual fix (latest state: {subject.state_name or 'none'}); fix resolves changes in an uncertain state"
+        )
+    return RESOLUTIONS[resolution]
+
+
+def skip_check(subject: Subject) -> None:
+    state = subject.state_name
+    if state in APPLIED_STATES:
+        raise ActionRefused(f"{subject.change.id} is applied; undo it instead of skipping it")
+    if state == S.SKIPPED:
+        raise ActionRefused(f"{subject.change.id} is already skipped")
+    action, _ = resolve(subject.change, subject.strategy, subject.state)
+    if action == Action.MANUAL_INTERVENTION:
+        raise ActionRefused(f"{subject.change.id} is in an uncertain state ({state}); resolve it with fix first")
+
+
+def reapply_check(subject: Subject) -> None:
+    if subject.state is None or subject.state.state != S.SKIPPED:
+        raise ActionRefused(
+            f"{subject.change.id} is not held (latest state: {subject.state_name or 'none'}); only undone or skipped changes can be released"
+        )
+
+
+def accept_checksum_check(subject: Subject) -> None:
+    if subject.state is None or subject.state.state not in APPLIED_STATES:
+        raise ActionRefused(f"{subject.change.id} is not applied; its checksum is recorded when it runs")
+    if subject.state.checksum == subject.change.checksum:
+        raise ActionRefused(f"{subject.change.id} has no checksum drift")
+
+
+def apply_check(subject: Subject, environment: str) -> None:
+    """A requested apply: the change runs in ``environment`` and the resolver would apply it."""
+    if not subject.change.applies_in(environment):
+        raise ActionRefused(f"{subject.change.id} does not run in {environment}")
+    action, why = resolve(subject.change, subject.strategy, subject.state)
+    if action != Action.APPLY:
+        raise ActionRefused(f"{subject.change.id} has nothing to apply (next action {action.value}: {why})")

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import multiprocessing
 import time
+import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections, router, transaction
-from django.db.models import Exists, OuterRef
+from django.db import DatabaseError, connections, router, transaction
+from django.db.models import Exists, OuterRef, Q
 
-from audit_app.chain import GENESIS_HASH, ROW_COLUMNS, TEXT_ROW_SQL, entry_hash_of_row, entry_hash_of_text_row
-from audit_app.models import AuditCheckpoint, AuditEntry, ChainHead, Verification
+from audit_app.chain import GENESIS_HASH, ROW_COLUMNS, TEXT_ROW_SQL, canonical_json, entry_hash_of_row, entry_hash_of_text_row, timestamp_text
+from audit_app.models import AuditCheckpoint, AuditEntry, ChainHead, QuarantinedEntry, Verification
 from audit_app.services import audit_record
 from audit_app.signing import checkpoint_message, key_id, public_key_hex, sign, signature_valid, signing_key
+from audit_app.types import QUARANTINE_STEPS, TrailClosed
+
+logger = logging.getLogger("flamingock.audit")
 
 #: Below this many entries, verification runs in-process; above, it is split across processes.
 PARALLEL_THRESHOLD = 50_000
@@ -235,8 +242,30 @@ def audit_verify(*, from_checkpoint: bool = False, workers: int | None = None) -
     )
 
 
+def verdict_log(report: Report) -> None:
+    """The verdict in the log: an error when the chain is broken."""
+    if report.ok:
+        logger.info("audit trail verification passed: %s entries checked up to #%s", report.entries_checked, report.head_seq)
+    else:
+        logger.error("audit trail verification FAILED at entry #%s: %s", report.problem.seq, report.problem.message)
+
+
+def verdict_record(report: Report, *, actor) -> str:
+    """Record a verdict already delivered (:func:`verification_record`). A verifier's verdict stands
+    even when it cannot be recorded (the trail closed by a foreign row, a database error): that is
+    logged, and returned as ``"verdict not recorded: ..."`` for the caller to report; "" when recorded."""
+    try:
+        verification_record(report, actor=actor)
+    except (TrailClosed, DatabaseError) as error:
+        why = f"verdict not recorded: {error}"
+        logger.error("audit trail %s", why)
+        return why
+    return ""
+
+
 def verification_record(report: Report, *, actor) -> Verification:
-    """Store the outcome and audit it (``audit.verified``)."""
+    """Store the outcome and audit it (``audit.verified``). Callers deliver the verdict first and
+    record it through :func:`verdict_record`, which survives a refusal."""
     with transaction.atomic(using=router.db_for_write(Verification)):
         verification = Verification.objects.create(
             mode=report.mode,
@@ -271,3 +300,111 @@ def checkpoint_write(*, reason: str = "schedule", force: bool = False) -> AuditC
     )
     checkpoint.save(using=alias)
     return checkpoint
+
+
+# -- quarantine ---------------------------------------------------------------------------------------
+
+#: The append-only triggers on the entries' table that refuse DELETE (migration 0003), lifted only
+#: inside the quarantine's transaction. PostgreSQL: trigger names; SQLite: name and statement.
+_ENTRY_TABLE = AuditEntry._meta.db_table
+_PG_DELETE_TRIGGER = f"{_ENTRY_TABLE}_no_change"
+_SQLITE_DELETE_TRIGGER = (
+    f"{_ENTRY_TABLE}_no_delete",
+    f"CREATE TRIGGER IF NOT EXISTS {_ENTRY_TABLE}_no_delete BEFORE DELETE ON {_ENTRY_TABLE} "
+    f"BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only: DELETE on {_ENTRY_TABLE} is refused'); END",
+)
+
+
+@dataclass
+class Quarantine:
+    """What :func:`trail_quarantine` moved aside, and the verdict on the trail afterwards."""
+
+    rows: list[dict]
+    entry_id: int | None
+    head_seq: int
+    report: Report | None = None
+    moved: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "moved": self.moved,
+            "rows": self.rows,
+            "quarantine_entry_id": self.entry_id,
+            "head_seq": self.head_seq,
+            "verification": self.report.as_dict() if self.report else None,
+        }
+
+
+def _stored(value):
+    if isinstance(value, datetime):
+        return timestamp_text(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def trail_quarantine(*, actor, reason: str, environment: str) -> Quarantine:
+    """Move aside every row the one writer provably did not write: beyond the chain head (the writer
+    advances the head in the insert's own transaction) or without a sequence number. In one
+    transaction, under the head lock: each row is copied as stored into ``QuarantinedEntry``, removed
+    from the entries' table (the DELETE trigger is lifted for that statement's transaction only),
+    and ``audit.quarantined`` names the moved rows and their hashes; then writes resume from the head.
+    Nothing moves when there is nothing foreign. A break inside the chain is not a quarantine's to
+    mend: the verification afterwards still names it."""
+    alias = router.db_for_write(AuditEntry)
+    connection = connections[alias]
+    with transaction.atomic(using=alias):
+        head = ChainHead.objects.using(alias).select_for_update().filter(id=1).first()
+        head_seq = head.seq if head else 0
+        foreign = AuditEntry.objects.using(alias).filter(Q(seq=None) | Q(seq__gt=head_seq)).order_by("id")
+        rows = [{name: _stored(value) for name, value in row.items()} for row in foreign.values()]
+        if not rows:
+            return Quarantine(rows=[], entry_id=None, head_seq=head_seq)
+        moved = [
+            {
+                "id": row["id"],
+                "seq": row["seq"],
+                "entry_hash": row["entry_hash"],
+                "row_digest": hashlib.sha256(canonical_json(row).encode("utf-8")).hexdigest(),
+                "event": row["event"],
+                "actor": row["actor"],
+            }
+            for row in rows
+        ]
+        ids = [row["id"] for row in rows]
+        with connection.cursor() as cursor:
+            table = connection.ops.quote_name(_ENTRY_TABLE)
+            marks = ", ".join(["%s"] * len(ids))
+            if connection.vendor == "postgresql":
+                # Needs the table's owner (the role that migrated); the lock it takes holds every
+                # other session off the table until this transaction ends.
+                cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER {_PG_DELETE_TRIGGER}")
+                cursor.execute(f"DELETE FROM {table} WHERE id IN ({marks})", ids)
+                cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER {_PG_DELETE_TRIGGER}")
+            else:
+                cursor.execute(f"DROP TRIGGER IF EXISTS {_SQLITE_DELETE_TRIGGER[0]}")
+                cursor.execute(f"DELETE FROM {table} WHERE id IN ({marks})", ids)
+                cursor.execute(_SQLITE_DELETE_TRIGGER[1])
+        entry = audit_record(
+            event="audit.quarantined",
+            actor=actor,
+            environment=environment,
+            reason=reason,
+            details={"head_seq": head_seq, "count": len(moved), "rows": moved},
+            using=alias,
+        )
+        QuarantinedEntry.objects.using(alias).bulk_create(
+            QuarantinedEntry(
+                original_id=row["id"],
+                seq=row["seq"],
+                entry_hash=row["entry_hash"],
+                row=row,
+                row_digest=summary["row_digest"],
+                reason=entry.reason,
+                actor=actor.name,
+                quarantine_entry_id=entry.pk,
+            )
+            for row, summary in zip(rows, moved, strict=True)
+        )
+    logger.warning("audit trail quarantine: %s foreign row(s) moved aside by %s (%s)", len(moved), actor.name, QUARANTINE_STEPS)
+    return Quarantine(rows=rows, entry_id=entry.pk, head_seq=head_seq, moved=moved)

@@ -214,3 +214,40 @@ class ChangeState(models.Model):
 
     def __str__(self):
         return f"{self.change_id}: {self.state}"
+
+
+class QuarantinedEntry(models.Model):
+    """A row found in the entries' table that the one writer did not write (beyond the chain head, or
+    without a sequence number), moved aside by ``flamingock audit quarantine`` so that the trail can
+    be written again. Kept as evidence, exactly as it was stored; append-only like the trail. The
+    ``audit.quarantined`` entry that moved it names its id, sequence number and digests."""
+
+    quarantined_at = models.DateTimeField(db_default=Now())
+    #: The row's id and sequence number in the entries' table, and the hash it claimed.
+    original_id = models.BigIntegerField()
+    seq = models.BigIntegerField(null=True, blank=True)
+    entry_hash = models.CharField(max_length=64, blank=True, default="")
+    #: Every column as stored (times as chain version 1 writes them), and the SHA-256 of its canonical JSON.
+    row = models.JSONField()
+    row_digest = models.CharField(max_length=64)
+    reason = models.TextField()
+    actor = models.CharField(max_length=200)
+    #: The ``audit.quarantined`` entry that moved it.
+    quarantine_entry_id = models.BigIntegerField()
+
+    objects = AuditEntryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name_plural = "quarantined entries"
+
+    def __str__(self):
+        return f"quarantined row id {self.original_id} (#{self.seq})"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None or not self._state.adding:
+            raise AppendOnlyError("Quarantined entries cannot be updated.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("Quarantined entries cannot be deleted.")

@@ -13,14 +13,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-from django.db import connections, router, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from audit_app.chain import CHAIN_VERSION, GENESIS_HASH, HASHED_FIELDS, entry_hash, normalise_details
 from audit_app.models import APPLIED_STATES, AuditEntry, ChainHead, ChangeState, ChangeStateName
 from audit_app.redaction import redact, redact_data
-from audit_app.types import HOSTNAME, UNCHECKED, Actor, ChangeRef, Fence, FenceRefused, HashMismatch, StateMoved
+from audit_app.types import HOSTNAME, UNCHECKED, Actor, ChangeRef, Fence, FenceRefused, HashMismatch, StateMoved, TrailClosed
 from audit_app.writer_postgresql import HEAD_CREATE_POSTGRESQL, write_postgres
 
 
@@ -118,7 +118,14 @@ def audit_record(
                 if current != expected_entry_id:
                     raise StateMoved(f"Change {change.id} moved (latest entry {current}, expected {expected_entry_id}).")
             _chain(entry, using=using)
-            entry.save(using=using)
+            try:
+                entry.save(using=using)
+            except IntegrityError as error:
+                # Under the head lock the writer's own rows end at the head: a row already at
+                # head + 1 was inserted around it, and the trail fails closed (free on the normal path).
+                if not str(error).startswith(f"UNIQUE constraint failed: {AuditEntry._meta.db_table}."):
+                    raise
+                raise TrailClosed(entry.seq, entry.event) from error
             _advance_head(entry, using=using)
             if state:
                 _project_state(entry, applied=applied, using=using)
@@ -201,6 +208,7 @@ __all__ = [
     "FenceRefused",
     "HashMismatch",
     "StateMoved",
+    "TrailClosed",
     "audit_record",
     "change_states",
 ]

@@ -5,7 +5,7 @@ import logging
 from celery import shared_task
 from django.core.mail import mail_admins
 
-from audit_app.integrity import audit_verify, checkpoint_write, verification_record
+from audit_app.integrity import audit_verify, checkpoint_write, verdict_log, verdict_record
 from audit_app.services import Actor
 
 logger = logging.getLogger("flamingock.audit")
@@ -13,14 +13,18 @@ logger = logging.getLogger("flamingock.audit")
 
 @shared_task(name="flamingock.audit_verify", ignore_result=True)
 def audit_verify_task() -> bool:
-    """Recompute the whole chain, store and audit the outcome, and alert when it is broken."""
+    """Recompute the whole chain and deliver the verdict (the log, and a mail to the admins when it
+    is broken) before recording it: a trail that refuses the ``audit.verified`` entry (closed by a
+    foreign row) still gets its alert, which then says the verdict was not recorded."""
     report = audit_verify()
-    verification_record(report, actor=Actor(name="service:audit-verifier", via="schedule"))
+    verdict_log(report)
     if not report.ok:
-        logger.error("audit trail verification FAILED at entry #%s: %s", report.problem.seq, report.problem.message)
         mail_admins(
             "Flamingock: the audit trail does not verify", f"First broken entry: #{report.problem.seq}\n{report.problem.message}", fail_silently=True
         )
+    not_recorded = verdict_record(report, actor=Actor(name="service:audit-verifier", via="schedule"))
+    if not_recorded:
+        mail_admins("Flamingock: the audit verification could not be recorded", not_recorded, fail_silently=True)
     return report.ok
 
 

@@ -19,6 +19,25 @@ class StateMoved(Exception):
     """The change's latest state is not the one the writer's decision was based on."""
 
 
+#: Where an operator finds what to do when the trail is closed (docs/compliance.md).
+QUARANTINE_STEPS = "docs/compliance.md, 'When verification fails: quarantine'"
+
+
+class TrailClosed(Exception):
+    """The trail's next sequence number is taken by a row the one writer did not write (inserted
+    around it): the trail fails closed. The refused entry writes nothing, and so does every later
+    one, until an operator moves the foreign row aside (``flamingock audit quarantine``)."""
+
+    def __init__(self, seq: int | None, event: str):
+        self.seq, self.event = seq, event
+        taken = f"entry #{seq}" if seq is not None else "the next entry's place"
+        super().__init__(
+            f"the audit trail is closed: {taken} is taken by a row the writer did not write, so the {event} entry was refused "
+            f"and nothing was written. Every write is refused until an operator follows the quarantine steps ({QUARANTINE_STEPS}: "
+            "flamingock audit verify, then flamingock audit quarantine --reason TEXT)."
+        )
+
+
 class HashMismatch(AssertionError):
     """The database hashed an entry differently from chain version 1 (a server that formats the
     hash input otherwise). The message says whether the entry was written (it committed with its

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, IntegrityError, connections
 
 from audit_app.chain import CHAIN_VERSION, GENESIS_HASH, HASHED_FIELDS, canonical_json, scalar, timestamp_text
 from audit_app.models import AuditEntry, ChainHead, ChangeState
-from audit_app.types import UNCHECKED, Fence, HashMismatch, StateMoved
+from audit_app.types import UNCHECKED, Fence, HashMismatch, StateMoved, TrailClosed
 
 #: PostgreSQL: the writer's statement is a server-side prepared statement unless a connection
 #: pooler in transaction mode without prepared-statement support sits between (docs/operators.md).
@@ -224,12 +225,18 @@ def write_postgres(
     # transaction when it sat idle past idle_in_transaction_session_timeout, and a paused lock holder
     # must be cut off (test_chaos). An entry of its own needs no pipeline: it runs in autocommit.
     with _prepared_cursor(connection) as cursor:
-        cursor.execute(sql, params)
-        is_fenced, current_entry, pk, seq, prev_hash, digest, created_at, heads = cursor.fetchone()
-        if pk is None and is_fenced and heads == 0:  # no chain head yet (the migration creates it; this is the fallback)
-            cursor.execute(HEAD_CREATE_POSTGRESQL, [GENESIS_HASH])
+        try:
             cursor.execute(sql, params)
             is_fenced, current_entry, pk, seq, prev_hash, digest, created_at, heads = cursor.fetchone()
+            if pk is None and is_fenced and heads == 0:  # no chain head yet (the migration creates it; this is the fallback)
+                cursor.execute(HEAD_CREATE_POSTGRESQL, [GENESIS_HASH])
+                cursor.execute(sql, params)
+                is_fenced, current_entry, pk, seq, prev_hash, digest, created_at, heads = cursor.fetchone()
+        except IntegrityError as error:
+            closed = _trail_closed(error, entry)
+            if closed is None:
+                raise
+            raise closed from error
     if pk is None:
         if not is_fenced:
             fence.refused(using=using)
@@ -256,6 +263,18 @@ def _written(entry: AuditEntry, tail: str, pk, seq, prev_hash, digest, created_a
 
 #: SQLSTATE of ``flamingock_refuse`` (migration 0005).
 REFUSED_SQLSTATE = "FLREF"
+UNIQUE_VIOLATION = "23505"
+
+
+def _trail_closed(error: DatabaseError, entry: AuditEntry) -> TrailClosed | None:
+    """The trail fails closed when the statement's insert conflicts on the entries' table: under the
+    head lock the writer's own rows end at the head, so the row holding the next place was inserted
+    around it. Read off the error only (the transaction may be aborted): no query on any path."""
+    cause = error.__cause__
+    if getattr(cause, "sqlstate", None) != UNIQUE_VIOLATION or getattr(cause.diag, "table_name", None) != AuditEntry._meta.db_table:
+        return None
+    found = re.search(r"\(seq\)=\((\d+)\)", cause.diag.message_detail or "")
+    return TrailClosed(int(found.group(1)) if found else None, entry.event)
 
 
 def _send_with_commit(connection, sql: str, params: list, *, fence: Fence | None, entry: AuditEntry, expected: Any) -> tuple:
@@ -277,6 +296,10 @@ def _send_with_commit(connection, sql: str, params: list, *, fence: Fence | None
                 psycopg.Cursor(raw).execute("COMMIT")  # queued behind the statement: one Sync for both
         except DatabaseError as error:
             refused = getattr(error.__cause__, "sqlstate", None) == REFUSED_SQLSTATE
+            closed = None if refused else _trail_closed(error, entry)
+            if closed is not None:
+                raw.rollback()  # the COMMIT was skipped: end the transaction, as for a refusal
+                raise closed from error
             if not refused:
                 raise
             why = error.__cause__.diag.message_detail

@@ -160,14 +160,14 @@ def phases_measure(mode: str, size: int) -> dict:
     phases.done("django.setup(): settings, app registry, models")
 
     from changes_app import services
-    from changes_app.engine import executor as engine
-    from changes_app.governance.identity import cli_actor
     from changes_app.cli import pipeline as cli_pipeline
     from changes_app.cli.output import Output
+    from changes_app.engine import executor as engine
+    from changes_app.governance.identity import cli_actor
     from changes_app.management.commands import flamingock as cli
-    from changes_app.services import runs as run_service
     from changes_app.models import Run
     from changes_app.pipeline import discovery
+    from changes_app.services import runs as run_service
 
     phases.done("import the CLI command and the services it uses")
 

@@ -26,10 +26,38 @@ def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "insecure-dev-key-set-DJANGO_SECRET_KEY-in-production")
+#: The deployment this instance governs.
+FLAMINGOCK_ENVIRONMENT = os.environ.get("FLAMINGOCK_ENVIRONMENT", "dev")
+#: Environments where every governed action needs approval and the CLI needs a token.
+FLAMINGOCK_PROTECTED_ENVIRONMENTS = env_list("FLAMINGOCK_PROTECTED_ENVIRONMENTS", "prod,production")
+#: Production mode (docs/operators.md, "Production checklist"): a protected environment always runs
+#: in it, and FLAMINGOCK_PRODUCTION=1 turns it on for any other. Its transport defaults are secure
+#: (below; variables only relax them) and the apps' system checks refuse an unsafe setting
+#: (changes_app/checks.py: the built-in or a weak key, DEBUG, open ALLOWED_HOSTS, no audit signing
+#: key, the demo). Without it nothing changes for the embedded demo.
+FLAMINGOCK_PRODUCTION = FLAMINGOCK_ENVIRONMENT in FLAMINGOCK_PROTECTED_ENVIRONMENTS or env_bool("FLAMINGOCK_PRODUCTION")
+#: The embedded demo: the example app and the example service's stages and target systems. On by
+#: default outside production mode; in production mode it is off, and FLAMINGOCK_DEMO=1 is refused.
+FLAMINGOCK_DEMO = env_bool("FLAMINGOCK_DEMO", default=not FLAMINGOCK_PRODUCTION)
+
+#: The development key of a checkout; production mode refuses it (flamingock.E101), so an empty or
+#: missing DJANGO_SECRET_KEY cannot go unnoticed there.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or "insecure-dev-key-set-DJANGO_SECRET_KEY-in-production"
 DEBUG = env_bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
+
+if FLAMINGOCK_PRODUCTION:
+    # Served over HTTPS only, behind a TLS-terminating proxy that sets X-Forwarded-Proto (and strips
+    # it from clients). Each variable relaxes one default; `check --deploy` then warns about it.
+    SECURE_HSTS_SECONDS = int(os.environ.get("FLAMINGOCK_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("FLAMINGOCK_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env_bool("FLAMINGOCK_HSTS_PRELOAD", default=True)
+    SECURE_SSL_REDIRECT = env_bool("FLAMINGOCK_SSL_REDIRECT", default=True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("FLAMINGOCK_PROXY_SSL_HEADER", default=True) else None
+    #: Health probes of a load balancer often speak plain HTTP: they are not redirected.
+    SECURE_REDIRECT_EXEMPT = [r"^health/"]
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("FLAMINGOCK_SECURE_COOKIES", default=True)
 
 INSTALLED_APPS = [
     # Django's admin without autodiscovery at start-up (flamingock_site/urls.py discovers the other
@@ -50,6 +78,8 @@ INSTALLED_APPS = [
     "changes_app.apps.ChangesAppConfig",
     "examples.apps.ExamplesConfig",
 ]
+if not FLAMINGOCK_DEMO:
+    INSTALLED_APPS.remove("examples.apps.ExamplesConfig")
 #: ``manage.py flamingock`` (the command line) sets FLAMINGOCK_CLI: it reads and writes the ledger and
 #: never the periodic tasks, so it starts without django-celery-beat, whose models import Celery and
 #: load every time zone (0.19 s of a 0.48 s start-up; docs/decisions.md, "A lean command line").
@@ -172,18 +202,18 @@ LOGGING = {
 
 # --- Flamingock --------------------------------------------------------------------------------
 
-#: The deployment this instance governs.
-FLAMINGOCK_ENVIRONMENT = os.environ.get("FLAMINGOCK_ENVIRONMENT", "dev")
-#: Environments where every governed action needs approval and the CLI needs a token.
-FLAMINGOCK_PROTECTED_ENVIRONMENTS = env_list("FLAMINGOCK_PROTECTED_ENVIRONMENTS", "prod,production")
+#: FLAMINGOCK_ENVIRONMENT, FLAMINGOCK_PROTECTED_ENVIRONMENTS, FLAMINGOCK_PRODUCTION and
+#: FLAMINGOCK_DEMO are set at the top: production mode decides the defaults of Django's settings.
 #: Extra change packages, each a stage (``package`` or ``name=package``), run after the ``changes``
 #: packages of installed apps.
 FLAMINGOCK_STAGES = env_list(
     "FLAMINGOCK_STAGES",
-    # The example service's stages beyond its own database (examples/service_changes), one per
-    # target system below; a stage whose system is disabled is left out, and plan/run say so.
+    # The demo's: the example service's stages beyond its own database (examples/service_changes),
+    # one per target system below; a stage whose system is disabled is left out, and plan/run say so.
     "feature-flags=examples.service_changes.feature_flags,order-events=examples.service_changes.order_events,"
-    "billing=examples.service_changes.billing,payments=examples.service_changes.payments",
+    "billing=examples.service_changes.billing,payments=examples.service_changes.payments"
+    if FLAMINGOCK_DEMO
+    else "",
 )
 #: Whether the ``changes`` package of every installed app is a stage.
 FLAMINGOCK_DISCOVER_APPS = env_bool("FLAMINGOCK_DISCOVER_APPS", default=True)
@@ -219,6 +249,8 @@ FLAMINGOCK_TARGET_SYSTEMS = {
         "description": "The payment provider's API (examples/demo_saas.py in the demo)",
     },
 }
+if not FLAMINGOCK_DEMO:
+    FLAMINGOCK_TARGET_SYSTEMS = {"app-db": FLAMINGOCK_TARGET_SYSTEMS["app-db"]}
 if os.environ.get("FLAMINGOCK_TARGETS_JSON"):
     import json
 
@@ -246,6 +278,12 @@ FLAMINGOCK_DRIFT_PROBE_TIMEOUT = float(os.environ.get("FLAMINGOCK_DRIFT_PROBE_TI
 FLAMINGOCK_CELERY_APP = "flamingock_site.celery.app"
 
 # --- REST API (/api/v1/) -------------------------------------------------------------------------
+#: Input limits of the API (docs/api.md, Limits): a larger body is 413 ``payload_too_large``, deeper
+#: JSON 400 ``payload_too_deep``. Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MiB) stays the outer bound.
+FLAMINGOCK_API_MAX_BODY_BYTES = int(os.environ.get("FLAMINGOCK_API_MAX_BODY_BYTES", str(1024 * 1024)))
+FLAMINGOCK_API_MAX_JSON_DEPTH = int(os.environ.get("FLAMINGOCK_API_MAX_JSON_DEPTH", "32"))
+#: Largest change file (YAML or Python) discovery reads (docs/writing-changes.md, Limits).
+FLAMINGOCK_MAX_CHANGE_BYTES = int(os.environ.get("FLAMINGOCK_MAX_CHANGE_BYTES", str(256 * 1024)))
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "changes_app.api.authentication.ApiTokenAuthentication",
@@ -253,7 +291,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["changes_app.api.parsers.LimitedJSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "changes_app.api.pagination.Pagination",
     "PAGE_SIZE": 50,

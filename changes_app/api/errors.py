@@ -6,7 +6,9 @@ of the API contract (documented in the schema): messages may be reworded, codes 
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -19,6 +21,7 @@ from changes_app.services import runs as services
 CODES: dict[str, tuple[int, str]] = {
     "invalid": (400, "The request body or query has invalid or missing fields (see details)."),
     "parse_error": (400, "The request body is not valid JSON."),
+    "payload_too_deep": (400, "The request body nests arrays and objects deeper than FLAMINGOCK_API_MAX_JSON_DEPTH."),
     "not_authenticated": (401, "No credentials were given."),
     "authentication_failed": (401, "The token or session is not valid."),
     "permission_denied": (403, "You may see this object but not do this to it."),
@@ -34,6 +37,7 @@ CODES: dict[str, tuple[int, str]] = {
     "pipeline_invalid": (409, "The pipeline has validation problems."),
     "idempotency_key_reused": (422, "This Idempotency-Key was used with another request."),
     "idempotency_in_progress": (409, "The first request with this Idempotency-Key is still being handled."),
+    "payload_too_large": (413, "The request body is larger than FLAMINGOCK_API_MAX_BODY_BYTES (or DATA_UPLOAD_MAX_MEMORY_SIZE)."),
     "unsupported_media_type": (415, "Send application/json."),
     "throttled": (429, "Too many requests; retry after the given seconds."),
 }
@@ -86,6 +90,13 @@ def exception_handler(exc, context):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):
+        # Django's own limit (DRF reads a JSON body through it): the API's code, not an HTML 400.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return Response(
+            error_body("payload_too_large", f"The request body is larger than {limit} bytes.", {"max_bytes": limit}),
+            status=CODES["payload_too_large"][0],
+        )
     for kind, code in _DOMAIN_ERRORS:
         if isinstance(exc, kind):
             message = str(exc)

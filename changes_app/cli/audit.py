@@ -1,14 +1,16 @@
-"""``audit list|verify|export|verify-export|checkpoint``: the trail, read, proven and exported."""
+"""``audit list|verify|export|verify-export|checkpoint|quarantine``: the trail, read, proven, exported
+and, when a foreign row has closed it, quarantined."""
 
 from __future__ import annotations
 
 import json
 import sys
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from audit_app.export import TRAILER_MARK, ExportFilters, audit_export, audit_export_verify
-from audit_app.integrity import audit_verify, checkpoint_write, verification_record
+from audit_app.integrity import audit_verify, checkpoint_write, trail_quarantine, verdict_log, verdict_record
 from changes_app import services
 from changes_app.cli import parser
 from changes_app.cli.output import EXIT_INTEGRITY, EXIT_OK, EXIT_USAGE, Exit, Output, table
@@ -56,16 +58,47 @@ def listing(out: Output, options) -> int:
     return EXIT_OK
 
 
+def verdict_text(report) -> str:
+    if report.ok:
+        return f"the chain is intact: {report.entries_checked} entries checked up to #{report.head_seq} in {report.duration_ms:.0f} ms"
+    return f"BROKEN at entry #{report.problem.seq}: {report.problem.message}"
+
+
 def verify(out: Output, options) -> int:
+    actor = reader("audit_app.view_auditentry")
     report = audit_verify(from_checkpoint=options["from_checkpoint"])
-    verification_record(report, actor=reader("audit_app.view_auditentry"))
-    text = (
-        f"the chain is intact: {report.entries_checked} entries checked up to #{report.head_seq} in {report.duration_ms:.0f} ms"
-        if report.ok
-        else f"BROKEN at entry #{report.problem.seq}: {report.problem.message}"
-    )
-    out.emit(report.as_dict(), text)
+    # The verdict first (output, log, exit code), then its record: it stands if the trail refuses it.
+    verdict_log(report)
+    out.emit(report.as_dict(), verdict_text(report))
+    not_recorded = verdict_record(report, actor=actor)
+    if not_recorded:
+        out.note(f"\n{not_recorded}\n")
     return EXIT_OK if report.ok else EXIT_INTEGRITY
+
+
+def quarantine(out: Output, options) -> int:
+    if not (options.get("reason") or "").strip():
+        raise Exit(EXIT_USAGE, "audit quarantine needs --reason TEXT")
+    actor = cli_actor()
+    if actor.user_id is not None and not get_user_model().objects.get(pk=actor.user_id).has_perm("audit_app.add_quarantinedentry"):
+        raise PermissionRefused(f"{actor.name} may not quarantine rows of the audit trail (audit_app.add_quarantinedentry)")
+    moved = trail_quarantine(actor=actor, reason=options["reason"].strip(), environment=settings.FLAMINGOCK_ENVIRONMENT)
+    if not moved.rows:
+        out.emit(moved.as_dict(), f"nothing to quarantine: every row of the trail is the writer's (head at #{moved.head_seq})")
+        return EXIT_OK
+    moved.report = audit_verify()
+    verdict_log(moved.report)
+    lines = [f"moved aside {len(moved.moved)} row(s) the writer did not write (recorded as audit.quarantined, entry id {moved.entry_id}):"]
+    lines += [
+        f"  id {row['id']} #{row['seq']} {row['event']} by {row['actor']}: entry_hash {row['entry_hash']}, row digest {row['row_digest']}"
+        for row in moved.moved
+    ]
+    lines.append(f"the trail is writable again from #{moved.head_seq}; {verdict_text(moved.report)}")
+    out.emit(moved.as_dict(), "\n".join(lines))
+    not_recorded = verdict_record(moved.report, actor=actor)
+    if not_recorded:
+        out.note(f"\n{not_recorded}\n")
+    return EXIT_OK if moved.report.ok else EXIT_INTEGRITY
 
 
 def checkpoint(out: Output, options) -> int:
@@ -120,4 +153,11 @@ def verify_export(out: Output, options) -> int:
     return EXIT_OK if check.ok else EXIT_INTEGRITY
 
 
-ACTIONS = {"list": listing, "verify": verify, "export": export, "verify-export": verify_export, "checkpoint": checkpoint}
+ACTIONS = {
+    "list": listing,
+    "verify": verify,
+    "export": export,
+    "verify-export": verify_export,
+    "checkpoint": checkpoint,
+    "quarantine": quarantine,
+}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from django.utils.module_loading import import_string
 
+from audit_app.types import TrailClosed
 from changes_app import services
-from changes_app.cli.output import EXIT_OK, EXIT_USAGE, Exit, Output
+from changes_app.cli.output import EXIT_INTEGRITY, EXIT_OK, EXIT_USAGE, Exit, Output
 from changes_app.cli.parser import ACTION_HELP
 from changes_app.governance.identity import IdentityError
 from changes_app.governance.permissions import PermissionRefused
@@ -43,6 +44,10 @@ def dispatch(out: Output, options) -> int:
         out.fail(EXIT_USAGE, str(invalid), problems=[problem.as_dict() for problem in invalid.problems])
     except (IdentityError, PermissionRefused) as refused:
         out.fail(EXIT_USAGE, f"refused: {refused}")
+    except TrailClosed as closed:
+        # The trail refuses every write until the foreign rows are quarantined: an integrity failure.
+        out.fail(EXIT_INTEGRITY, str(closed))
+        return EXIT_INTEGRITY
     except services.FlamingockError as error:
         out.fail(EXIT_USAGE, str(error))
     return EXIT_USAGE

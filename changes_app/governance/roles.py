@@ -53,6 +53,7 @@ ROLES: dict[str, tuple[str, ...]] = {
         "changes_app.delete_approvalpolicy",
         "changes_app.change_locklease",
         "changes_app.change_run",
+        "audit_app.add_quarantinedentry",
         "django_celery_beat.*",
         "guardian.*",
         "auth.add_user",

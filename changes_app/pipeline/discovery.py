@@ -24,15 +24,27 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.core.signals import setting_changed
+from django.db import DatabaseError
 
+from audit_app.models import ChangeState
 from changes_app.definitions import Change, ChangeDefinition, Recovery, code_steps, parameter_names
+from changes_app.models import ChangeRecord
 from changes_app.pipeline import collector
 from changes_app.pipeline.checksums import checksum_document, checksum_text, pipeline_digest
 from changes_app.targets.base import TargetSystem, target_config_problems, target_systems
 from changes_app.targets.templates import PAYLOAD_KEYS, templates
 
 CLASS_LINE = re.compile(r"^[ \t]*class[ \t]+(\w+)", re.MULTILINE)
+ID_LINE = re.compile(r"^[ \t]+id[ \t]*(?::[^=\n]*)?=", re.MULTILINE)
 FILE_NAME = re.compile(r"^(?P<order>\d+)_[A-Za-z0-9_\-]+\.(?P<ext>py|ya?ml)$")
+#: docs/semantics.md §13.2: printable ASCII from [A-Za-z0-9._:-], at most 200 characters.
+CHANGE_ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+#: Ids of Django's migrations (§13.6): no change may take one.
+RESERVED_ID_PREFIX = "django:"
+#: The largest change file read, unless ``FLAMINGOCK_MAX_CHANGE_BYTES`` says otherwise.
+DEFAULT_MAX_CHANGE_BYTES = 256 * 1024
+#: How deep the collections of a YAML change may nest.
+MAX_YAML_DEPTH = 32
 YAML_KEYS = {"id", "author", "target", "template", "transactional", "recovery", "description", "environments", "order", *PAYLOAD_KEYS}
 
 
@@ -115,10 +127,88 @@ def _read_text(path: str) -> str:
         return file.read()
 
 
+def max_change_bytes() -> int:
+    return int(getattr(settings, "FLAMINGOCK_MAX_CHANGE_BYTES", DEFAULT_MAX_CHANGE_BYTES))
+
+
+def change_id_error(change_id: str) -> str:
+    """What is wrong with a change id under §13.2 ("" when nothing is)."""
+    if not CHANGE_ID.fullmatch(change_id):
+        if len(change_id) > 200:
+            return f"change id is {len(change_id)} characters long; at most 200 are allowed"
+        odd = sorted({char for char in change_id if not CHANGE_ID.fullmatch(char)})
+        shown = ", ".join(f"U+{ord(char):04X}" + (f" {char!r}" if char.isprintable() and char.isascii() else "") for char in odd[:5])
+        return f"change id {change_id!r} has characters outside [A-Za-z0-9._:-] ({shown})"
+    if change_id.startswith(RESERVED_ID_PREFIX):
+        return f"change id {change_id!r} starts with {RESERVED_ID_PREFIX!r}, which is reserved for Django migrations"
+    return ""
+
+
+def recorded_change_ids(change_ids: list[str]) -> set[str]:
+    """Which of these ids the ledger already holds (a change state or a mirrored change record).
+    A database not yet migrated holds none."""
+    if not change_ids:
+        return set()
+    try:
+        found = set(ChangeState.objects.filter(change_id__in=change_ids).values_list("change_id", flat=True))
+        return found | set(ChangeRecord.objects.filter(change_id__in=change_ids).values_list("change_id", flat=True))
+    except DatabaseError:
+        return set()
+
+
+class _YamlRefused(Exception):
+    def __init__(self, code: str, message: str, line: int):
+        super().__init__(message)
+        self.code, self.message, self.line = code, message, line
+
+
+def _yaml_events_checked(yaml, source: str) -> None:
+    """Refuse anchors and aliases (a few lines of aliases expand to gigabytes) and collections
+    nested deeper than ``MAX_YAML_DEPTH``, from the event stream, before any node is built."""
+    depth = 0
+    events = yaml.parse(source, Loader=_yaml_loader(yaml))
+    while True:
+        try:
+            event = next(events, None)
+        except yaml.YAMLError as error:
+            if "nesting depth" not in str(error):  # libyaml's own limit (1000) comes first when it scans ahead
+                raise
+            mark = getattr(error, "problem_mark", None)
+            raise _YamlRefused("yaml-too-deep", f"YAML nested deeper than {MAX_YAML_DEPTH} levels", mark.line + 1 if mark else 1) from None
+        if event is None:
+            return
+        line = event.start_mark.line + 1 if event.start_mark else 1
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _YamlRefused("yaml-alias", "YAML anchors (&) and aliases (*) are not allowed in a change: write the value out", line)
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise _YamlRefused("yaml-too-deep", f"YAML nested deeper than {MAX_YAML_DEPTH} levels", line)
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+
+
+def _yaml_loader(yaml):
+    """libyaml's safe loader when PyYAML has it (a hundred times faster), else PyYAML's own."""
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _yaml_load(yaml, source: str):
+    """(the root node, the document), parsed once."""
+    loader = _yaml_loader(yaml)(source)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
+
+
 class _Loader:
     def __init__(self, environment_targets: dict[str, TargetSystem]):
         self.targets = environment_targets
         self.problems: list[Problem] = []
+        #: (id, problem) of ids breaking §13.2: problems unless the ledger already holds the id.
+        self.bad_ids: list[tuple[str, Problem]] = []
 
     def problem(self, code: str, message: str, path: str = "", line: int = 0) -> None:
         self.problems.append(Problem(code, message, path, line))
@@ -146,6 +236,13 @@ class _Loader:
             if not match:
                 self.problem("bad-order", f"file name {file_name!r} must start with a numeric order prefix, like 0001_name", shown, 1)
                 continue
+            limit = max_change_bytes()
+            size = os.path.getsize(path)
+            if size > limit:  # before the file is parsed or imported
+                self.problem(
+                    "file-too-large", f"the change file is {size} bytes; at most {limit} are allowed (FLAMINGOCK_MAX_CHANGE_BYTES)", shown, 1
+                )
+                continue
             loader = self.load_python if match["ext"] == "py" else self.load_yaml
             change = loader(stage, package, path, shown, match["order"])
             if change is not None:
@@ -160,6 +257,11 @@ class _Loader:
             if not isinstance(value, str) or not value.strip():
                 self.problem(f"missing-{key}", f"missing or empty '{key}'", shown, lines.get(key, lines["_"]))
                 ok = False
+        change_id = values.get("id")
+        if isinstance(change_id, str) and change_id.strip():
+            error = change_id_error(change_id)
+            if error:
+                self.bad_ids.append((change_id, Problem("bad-id", error, shown, lines.get("id", lines["_"]))))
         order = values.get("order")
         if order is not None and str(order) != prefix:
             self.problem(
@@ -227,7 +329,9 @@ class _Loader:
         values = {
             key: getattr(cls, key, None) for key in ("id", "author", "target", "transactional", "recovery", "environments", "order", "description")
         }
-        common = self._common(values, {"_": line}, shown, prefix)
+        id_line = ID_LINE.search(source, found.end()) if found else None
+        lines = {"_": line, **({"id": source.count("\n", 0, id_line.start()) + 1} if id_line else {})}
+        common = self._common(values, lines, shown, prefix)
         apply = getattr(cls, "apply", None)
         if not callable(apply):
             self.problem("missing-apply", f"{cls.__name__} has no apply method", shown, line)
@@ -274,8 +378,11 @@ class _Loader:
 
         source = _read_text(path)
         try:
-            node = yaml.compose(source, Loader=yaml.SafeLoader)
-            document = yaml.safe_load(source)
+            _yaml_events_checked(yaml, source)
+            node, document = _yaml_load(yaml, source)
+        except _YamlRefused as refused:
+            self.problem(refused.code, refused.message, shown, refused.line)
+            return None
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             self.problem("malformed-yaml", f"malformed YAML: {getattr(error, 'problem', None) or error}", shown, mark.line + 1 if mark else 1)
@@ -353,7 +460,15 @@ def pipeline_discover() -> Pipeline:
                 )
             else:
                 seen[change.id] = change
-    return _leave_out_disabled(Pipeline(stages=stages, problems=loader.problems), loader.targets)
+    recorded = recorded_change_ids([change_id for change_id, _ in loader.bad_ids])
+    notices = []
+    for change_id, problem in loader.bad_ids:
+        if change_id in recorded:
+            # §13.2: an id already recorded that breaks the rule still plans, with a warning.
+            notices.append(f"{problem.path}:{problem.line}: {problem.message} (already recorded: kept, but use the rule for new changes)")
+        else:
+            loader.problems.append(problem)
+    return _leave_out_disabled(Pipeline(stages=stages, problems=loader.problems, notices=notices), loader.targets)
 
 
 def _leave_out_disabled(pipeline: Pipeline, systems: dict[str, TargetSystem]) -> Pipeline:

@@ -221,3 +221,23 @@ def test_the_command_line_refuses_in_production_mode_with_exit_2(production_env,
     if as_json:
         data = json.loads(result.stdout)
         assert data["exit_code"] == 2 and {problem["id"] for problem in data["problems"]} == {"flamingock.E101", "flamingock.E102"}
+
+
+# -- servers that run no system checks -----------------------------------------------------------------
+
+
+def gunicorn_loads(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """gunicorn loads the application and exits (``--check-config``), as it would before serving."""
+    command = [sys.executable, "-m", "gunicorn", "--check-config", "flamingock_site.wsgi:application"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+def test_gunicorn_refuses_to_load_the_admin_without_a_secret_key_in_production_mode(production_env):
+    result = gunicorn_loads(_without(production_env, "DJANGO_SECRET_KEY"))
+    assert result.returncode != 0
+    assert "refusing to serve in production mode" in result.stderr and "flamingock.E101" in result.stderr, result.stderr[-3000:]
+
+
+def test_gunicorn_loads_the_documented_production_example(production_env):
+    result = gunicorn_loads(production_env)
+    assert result.returncode == 0, result.stderr[-3000:]

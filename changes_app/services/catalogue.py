@@ -109,7 +109,7 @@ def catalogue_sync(*, pipeline: Pipeline | None = None) -> None:
     if create or update or gone:
         with transaction.atomic():
             if create:
-                _catalogue_insert(create, now=now)
+                _catalogue_insert(create)
             if update:
                 ChangeRecord.objects.bulk_update(update, [*fields, "synced_at"], batch_size=500)
             if gone:
@@ -117,6 +117,6 @@ def catalogue_sync(*, pipeline: Pipeline | None = None) -> None:
     _catalogue_synced[alias] = (weakref.ref(pipeline), _catalogue_stamp())
 
 
-def _catalogue_insert(rows: list[dict], *, now) -> None:
+def _catalogue_insert(rows: list[dict]) -> None:
     """New change records; a row that another process mirrored meanwhile is skipped."""
     ChangeRecord.objects.bulk_create([ChangeRecord(**row) for row in rows], batch_size=500, ignore_conflicts=True)

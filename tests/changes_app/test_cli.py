@@ -1,4 +1,4 @@
-"""``manage.py flamingock`` (DOMAIN §10): every subcommand's JSON, its exit codes and their precedence,
+"""``manage.py flamingock`` (docs/semantics.md §12): every subcommand's JSON, its exit codes and their precedence,
 and the step-by-step guidance of ``issues get``."""
 
 import json

@@ -123,7 +123,7 @@ def test_new_change_records_another_process_mirrored_meanwhile_are_kept_and_the_
     ]  # fmt: skip
 
     with transaction.atomic():
-        catalogue._catalogue_insert(rows, now=timezone.now())
+        catalogue._catalogue_insert(rows)
         still_usable = ChangeRecord.objects.filter(change_id__in=[first, second]).count()
 
     assert still_usable == 2  # the conflicting row was skipped, the transaction goes on

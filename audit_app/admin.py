@@ -16,17 +16,23 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import connections
 from django.db.models import Q, Subquery
-from django.http import HttpResponseBadRequest, StreamingHttpResponse
+from django.http import Http404, HttpResponseBadRequest, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import formats, timezone
 from django.utils.dateparse import parse_date, parse_datetime
+from django.utils.decorators import method_decorator
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.text import capfirst, smart_split, unescape_string_literal
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.http import require_POST
 
 from audit_app.export import FORMATS, ExportFilters, audit_export
-from audit_app.models import AuditCheckpoint, AuditEntry, ChainHead, ChangeState, Verification
+from audit_app.links import admin_link, admin_url, details_html
+from audit_app.models import AuditCheckpoint, AuditEntry, ChainHead, ChangeState, EntrySubject, Verification, VerificationRequest
+from audit_app.types import Actor, TrailClosed
+from audit_app.verify_requests import VerifyRefused, coverage, verify_request, verify_request_status
 
 
 class ReadOnlyMixin:
@@ -97,6 +103,32 @@ class IndexedValuesFilter(admin.AllValuesFieldListFilter):
             yield {**choice, "display": choice["display"] or self.empty_value_display}
 
 
+class SubjectValuesFilter(admin.AllValuesFieldListFilter):
+    """The values of an entry's subject (its target or change, :mod:`audit_app.subjects`): read by a
+    skip scan of the side index, and selecting through it, so that governance and drift entries, which
+    name their subject in their details, are found with the others."""
+
+    def __init__(self, field, request, params, model, model_admin, field_path):
+        super().__init__(field, request, params, model, model_admin, field_path)
+        using = model_admin.get_queryset(request).db
+        self.lookup_choices = distinct_values(EntrySubject, [field.column], using=using, limit=FILTER_CHOICES_MAX)[field.column]
+
+    def queryset(self, request, queryset):
+        return _by_subject(queryset, self.used_parameters)
+
+    def choices(self, changelist):
+        for choice in super().choices(changelist):
+            yield {**choice, "display": choice["display"] or self.empty_value_display}
+
+
+def _by_subject(queryset, parameters: dict):
+    """Select on the side index's column of the same name (``target=x`` -> ``subject__target=x``)."""
+    lookups = {f"subject__{name}": values[-1] if isinstance(values, list) else values for name, values in parameters.items()}
+    if any(name.endswith("__isnull") for name in lookups):
+        return queryset.none() if any(lookups.values()) else queryset
+    return queryset.filter(**lookups)
+
+
 def _other_parameters(changelist, own: list[str]) -> list[tuple[str, str]]:
     """The list's other parameters (search, other filters, ordering), kept by a filter's form."""
     return [(name, value) for name, values in sorted(changelist.filter_params.items()) if name not in own for value in values]
@@ -129,10 +161,20 @@ class ExactValueFilter(admin.FieldListFilter):
     def choices(self, changelist):
         yield {
             "selected": bool(self.value),
-            "inputs": [{"name": self.lookup_kwarg, "label": "", "value": self.value, "type": "text"}],
+            "inputs": [{"name": self.lookup_kwarg, "label": "", "value": self.value, "type": "text", "error": ""}],
             "hidden": _other_parameters(changelist, self.expected_parameters()),
             "clear_query_string": changelist.get_query_string(remove=self.expected_parameters()),
         }
+
+
+class SubjectExactFilter(ExactValueFilter):
+    """A typed change id, matched through the side index: a change's own entries and the governance and
+    drift entries that name it in their details."""
+
+    def queryset(self, request, queryset):
+        if not self.value:
+            return queryset
+        return queryset.filter(**{f"subject__{self.lookup_kwarg}": self.value})
 
 
 def _moment(value: str):
@@ -149,6 +191,13 @@ def _moment(value: str):
     return timezone.make_aware(parsed, timezone.get_fixed_timezone(0)) if timezone.is_naive(parsed) else parsed
 
 
+def _is_day(value: str) -> bool:
+    try:
+        return parse_date(value) is not None
+    except ValueError:
+        return False
+
+
 class DateRangeFilter(admin.FieldListFilter):
     """Entries from a moment (inclusive) and before another (exclusive): the ``since`` and ``until`` of
     the evidence export, which reads the same two parameters."""
@@ -159,6 +208,7 @@ class DateRangeFilter(admin.FieldListFilter):
         self.since_kwarg, self.until_kwarg = f"{field_path}__gte", f"{field_path}__lt"
         super().__init__(field, request, params, model, model_admin, field_path)
         self.values = {name: (self.used_parameters.get(name) or [""])[-1].strip() for name in self.expected_parameters()}
+        self.errors: dict[str, str] = {}
 
     def expected_parameters(self):
         return [self.since_kwarg, self.until_kwarg]
@@ -169,19 +219,25 @@ class DateRangeFilter(admin.FieldListFilter):
             try:
                 moment = _moment(value)
             except ValueError:
-                messages.error(request, _("“%(value)s” is not a date (YYYY-MM-DD, or YYYY-MM-DD HH:MM).") % {"value": value})
+                # Said twice: at the top of the page and beside the box that holds it.
+                self.errors[name] = _("“%(value)s” is not a date (YYYY-MM-DD, or YYYY-MM-DD HH:MM).") % {"value": value}
+                messages.error(request, self.errors[name])
                 return queryset.none()
             if moment is not None:
                 bounds[name] = moment
         return queryset.filter(**bounds)
 
     def choices(self, changelist):
+        def box(name, text):
+            value = self.values[name]
+            # A date picker; a value with a time, or one that is not a date, is kept in a text box
+            # (a date input would show it empty and the error would seem to have no cause).
+            kind = "date" if not value or (name not in self.errors and _is_day(value)) else "text"
+            return {"name": name, "label": text, "value": value, "type": kind, "error": self.errors.get(name, "")}
+
         yield {
             "selected": any(self.values.values()),
-            "inputs": [
-                {"name": self.since_kwarg, "label": _("from"), "value": self.values[self.since_kwarg], "type": "text"},
-                {"name": self.until_kwarg, "label": _("before"), "value": self.values[self.until_kwarg], "type": "text"},
-            ],
+            "inputs": [box(self.since_kwarg, _("from")), box(self.until_kwarg, _("before"))],
             "hidden": _other_parameters(changelist, self.expected_parameters()),
             "clear_query_string": changelist.get_query_string(remove=self.expected_parameters()),
         }
@@ -212,6 +268,21 @@ def _number(value: str | None) -> int | None:
 
 
 class TrailChangeList(ChangeList):
+    def get_results(self, request):
+        super().get_results(request)
+        # What covers each listed entry, for the page at once (a constant number of queries).
+        covered = coverage([entry.seq for entry in self.result_list], using=self.root_queryset.db)
+        marks: dict[tuple, str] = {}  # rows covered alike share their marks (most of a page)
+        for entry in self.result_list:
+            entry.coverage = covered.get(entry.seq)
+            if entry.coverage is not None:
+                verification, checkpoint = entry.coverage["verification"], entry.coverage["checkpoint"]
+                intact = verification is not None and _intact(verification, entry.seq)
+                key = (verification and verification.pk, intact, checkpoint and checkpoint.pk)
+                if key not in marks:
+                    marks[key] = _coverage_marks(entry.coverage, entry.seq, short=True)
+                entry.evidence_marks = marks[key]
+
     def date_periods(self) -> dict:
         """The date hierarchy's links (the context of ``admin/date_hierarchy.html``), drawn from the
         first and last entries of the trail (two index lookups) instead of the distinct dates of the
@@ -273,16 +344,17 @@ class TrailChangeList(ChangeList):
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(ReadOnlyAdmin):
-    list_display = ("seq", "created_at", "event", "change_id", "state", "actor", "environment", "target", "run_id")
+    list_display = ("seq", "created_at", "event", "change_link", "state", "actor_link", "environment", "target_link", "run_link", "evidence")
     # No filter reads the whole trail: values listed come from index skip scans, the others are typed.
+    # Target and change select through the side index (audit_app.subjects): governance and drift too.
     list_filter = (
-        ("event", IndexedValuesFilter), "state", ("environment", IndexedValuesFilter), ("target", IndexedValuesFilter),
-        ("stage", IndexedValuesFilter), ("change_id", ExactValueFilter), ("run_id", ExactValueFilter), ("actor", ExactValueFilter),
+        ("event", IndexedValuesFilter), "state", ("environment", IndexedValuesFilter), ("target", SubjectValuesFilter),
+        ("stage", IndexedValuesFilter), ("change_id", SubjectExactFilter), ("run_id", ExactValueFilter), ("actor", ExactValueFilter),
         ("created_at", DateRangeFilter),
     )  # fmt: skip
-    # Matched exactly, over their indexes (get_search_results).
+    # Matched by prefix, over their indexes (get_search_results).
     search_fields = ("change_id", "actor", "run_id")
-    search_help_text = _("An exact change id, actor or run id; several words must all match.")
+    search_help_text = _("The start of a change id or an actor, or a whole run id (case matters); several words must all match.")
     date_hierarchy = "created_at"
     # Counting a million rows costs more than the page itself (TrailPaginator counts without reading them).
     show_full_result_count = False
@@ -292,13 +364,79 @@ class AuditEntryAdmin(ReadOnlyAdmin):
     sortable_by = ("seq", "created_at")
     list_per_page = 50
     ordering = ("-seq",)
-    fields = (
-        "chain_position", "seq", "id", "created_at", "event", "environment", "change_id", "stage", "order", "target", "state",
-        "checksum", "transaction_strategy", "recovery_strategy", "run_id", "actor", "actor_user_id", "host", "pid",
-        "fencing_token", "duration_ms", "reason", "error", "rollback_error", "details", "hash_version", "prev_hash", "entry_hash",
+    fieldsets = (
+        (None, {"fields": ("summary", "details_view")}),
+        (_("Evidence"), {"fields": ("covered_by", "chain_position")}),
+        (_("As stored"), {"classes": ("collapse",), "fields": (
+            "seq", "id", "created_at", "event", "environment", "change_id", "stage", "order", "target", "state",
+            "checksum", "transaction_strategy", "recovery_strategy", "run_id", "actor", "actor_user_id", "host", "pid",
+            "fencing_token", "duration_ms", "reason", "error", "rollback_error", "details", "hash_version", "prev_hash", "entry_hash",
+        )}),
     )  # fmt: skip
-    readonly_fields = fields
+    readonly_fields = tuple(name for title, options in fieldsets for name in options["fields"])
     change_list_template = "admin/audit_app/auditentry/change_list.html"
+    change_form_template = "admin/audit_app/auditentry/change_form.html"
+
+    @admin.display(description=_("change"), ordering=None)
+    def change_link(self, obj):
+        return admin_link("change", obj.change_id) if obj.change_id else self.get_empty_value_display()
+
+    @admin.display(description=_("actor"))
+    def actor_link(self, obj):
+        return admin_link("user", obj.actor_user_id, obj.actor) if obj.actor_user_id else obj.actor
+
+    @admin.display(description=_("target"))
+    def target_link(self, obj):
+        return admin_link("target", obj.target) if obj.target else self.get_empty_value_display()
+
+    @admin.display(description=_("run"))
+    def run_link(self, obj):
+        # The first block of the id says which run; the whole id is the link's title.
+        if not obj.run_id:
+            return self.get_empty_value_display()
+        url = admin_url("run", obj.run_id)
+        short = str(obj.run_id)[:8]
+        return (
+            format_html('<a href="{}" title="{}">{}…</a>', url, obj.run_id, short)
+            if url
+            else format_html('<span title="{}">{}…</span>', obj.run_id, short)
+        )
+
+    @admin.display(description=_("verified · signed"))
+    def evidence(self, obj):
+        if hasattr(obj, "evidence_marks"):  # the page's, computed at once (TrailChangeList.get_results)
+            return obj.evidence_marks
+        covered = coverage([obj.seq]).get(obj.seq) if obj.seq else None
+        return _coverage_marks(covered, obj.seq, short=True) if covered else self.get_empty_value_display()
+
+    @admin.display(description=_("covered by"))
+    def covered_by(self, obj):
+        if not obj.seq:
+            return _("Not in the chain: this row was not written by the one writer.")
+        return _coverage_marks(coverage([obj.seq]).get(obj.seq), obj.seq, short=False)
+
+    @admin.display(description=_("entry"))
+    def summary(self, obj):
+        rows = [
+            (_("Event"), obj.event),
+            (_("When"), formats.date_format(timezone.localtime(obj.created_at), "DATETIME_FORMAT") if obj.created_at else ""),
+            (_("Who"), self.actor_link(obj)),
+            (_("Environment"), obj.environment),
+            (_("Change"), admin_link("change", obj.change_id) if obj.change_id else ""),
+            (_("Target system"), admin_link("target", obj.target) if obj.target else ""),
+            (_("Stage"), obj.stage),
+            (_("State"), obj.get_state_display() if obj.state else ""),
+            (_("Run"), admin_link("run", obj.run_id) if obj.run_id else ""),
+            (_("Reason"), obj.reason),
+            (_("Error"), obj.error),
+            (_("Rollback error"), obj.rollback_error),
+            (_("Host"), f"{obj.host} (pid {obj.pid})" if obj.host else ""),
+        ]
+        return format_html('<dl class="flk-details">{}</dl>', format_html_join("", "<dt>{}</dt><dd>{}</dd>", ((k, v) for k, v in rows if v)))
+
+    @admin.display(description=_("details"))
+    def details_view(self, obj):
+        return details_html(obj.details)
 
     @admin.display(description="place in the chain")
     def chain_position(self, obj):
@@ -327,14 +465,16 @@ class AuditEntryAdmin(ReadOnlyAdmin):
         return TrailChangeList
 
     def get_search_results(self, request, queryset, search_term):
-        """Entries whose change id, actor or run id is exactly each word (quoted words may hold spaces):
-        equality over an index, where Django's case-insensitive match reads every row."""
+        """Entries whose change id or actor starts with each word, or whose run id is the word (quoted
+        words may hold spaces): a prefix over an index (``LIKE 'x%'``), where Django's
+        case-insensitive match anywhere in the value reads every row."""
+        vendor = connections[queryset.db].vendor
         for word in smart_split(search_term):
             if len(word) > 1 and word.startswith(('"', "'")) and word[0] == word[-1]:
                 word = unescape_string_literal(word)
             if not word:
                 continue
-            match = Q(change_id=word) | Q(actor=word)
+            match = _prefix("change_id", word, vendor) | _prefix("actor", word, vendor)
             try:
                 match |= Q(run_id=uuid.UUID(word))
             except ValueError:
@@ -342,17 +482,81 @@ class AuditEntryAdmin(ReadOnlyAdmin):
             queryset = queryset.filter(match)
         return queryset, False
 
+    def has_verify_permission(self, request) -> bool:
+        return request.user.has_perm("audit_app.verify_chain")
+
     def get_urls(self):
-        return [path("export/", self.admin_site.admin_view(self.export_view), name="audit_app_auditentry_export"), *super().get_urls()]
+        view = self.admin_site.admin_view
+        return [
+            path("export/", view(self.export_view), name="audit_app_auditentry_export"),
+            path("verify/", view(self.verify_view), name="audit_app_auditentry_verify"),
+            path("verify/<int:pk>/", view(self.verify_progress_view), name="audit_app_auditentry_verify_progress"),
+            path("verify/<int:pk>/status/", view(self.verify_status_view), name="audit_app_auditentry_verify_status"),
+            *super().get_urls(),
+        ]
 
     def changelist_view(self, request, extra_context=None):
+        may_verify = self.has_verify_permission(request)
         extra_context = {
             **(extra_context or {}),
             "last_verification": Verification.objects.order_by("-performed_at").first(),
             "last_checkpoint": AuditCheckpoint.objects.order_by("-seq", "-id").first(),
             "export_formats": FORMATS,
+            "may_verify": may_verify,
+            "pending_verification": VerificationRequest.objects.filter(
+                status__in=[VerificationRequest.Status.QUEUED, VerificationRequest.Status.RUNNING]
+            ).first()
+            if may_verify
+            else None,
         }
         return super().changelist_view(request, extra_context)
+
+    @method_decorator(require_POST)
+    def verify_view(self, request):
+        """ "Verify now": record who asked and queue the verification on a worker, then show its progress."""
+        if not self.has_verify_permission(request):
+            raise PermissionDenied
+        user = request.user
+        try:
+            verification, created = verify_request(user=user, actor=Actor(name=user.get_username(), user_id=user.pk, via="ui"))
+        except VerifyRefused as refused:
+            raise PermissionDenied(str(refused)) from None
+        except TrailClosed as closed:
+            # Nothing was written: the trail refuses every entry until the quarantine steps are followed.
+            self.message_user(request, str(closed), messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:audit_app_auditentry_changelist"))
+        if created:
+            self.message_user(request, _("Verification requested: a worker is recomputing the chain."), messages.SUCCESS)
+        else:
+            self.message_user(request, _("A verification is already under way; this is its progress."), messages.INFO)
+        return HttpResponseRedirect(reverse("admin:audit_app_auditentry_verify_progress", args=[verification.pk]))
+
+    def _verification_request(self, request, pk: int) -> VerificationRequest:
+        if not self.has_verify_permission(request):
+            raise PermissionDenied
+        found = VerificationRequest.objects.select_related("verification").filter(pk=pk).first()
+        if found is None:
+            raise Http404
+        return found
+
+    def verify_progress_view(self, request, pk: int):
+        verification = self._verification_request(request, pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("Verification of the audit chain"),
+            "status": verify_request_status(verification),
+            "status_url": reverse("admin:audit_app_auditentry_verify_status", args=[verification.pk]),
+            "request_entry_url": admin_url("entry", verification.request_entry_id),
+        }
+        return TemplateResponse(request, "admin/audit_app/auditentry/verify_progress.html", context)
+
+    def verify_status_view(self, request, pk: int):
+        """The progress of a requested verification, as JSON, for the progress page to poll."""
+        status = verify_request_status(self._verification_request(request, pk))
+        if status["verification_id"]:
+            status["verification_url"] = admin_url("verification", status["verification_id"])
+        return JsonResponse(status)
 
     def export_view(self, request):
         """Stream the entries the list's filters select, with the signed chain head at the end."""
@@ -387,6 +591,63 @@ class AuditEntryAdmin(ReadOnlyAdmin):
         return response
 
 
+def _prefix(field: str, word: str, vendor: str) -> Q:
+    """Values of ``field`` that start with ``word``, case-sensitively and over the column's index: on
+    SQLite (whose LIKE ignores case and then reads every row) as the range of values from the word to
+    the next word in code-point order; elsewhere ``LIKE 'word%'``, which PostgreSQL answers from the
+    pattern indexes (migration 0007)."""
+    if vendor == "sqlite" and ord(word[-1]) < 0x10FFFF:
+        return Q(**{f"{field}__gte": word, f"{field}__lt": word[:-1] + chr(ord(word[-1]) + 1)})
+    return Q(**{f"{field}__startswith": word})
+
+
+def _intact(verification: Verification, seq: int) -> bool:
+    """Whether a verification found the entry ``seq`` intact (everything before the first broken one)."""
+    return verification.ok or (verification.first_broken_seq is not None and seq < verification.first_broken_seq)
+
+
+def _coverage_marks(covered: dict | None, seq: int, *, short: bool):
+    """The verification and the signed checkpoint that cover an entry, linked."""
+    verification, checkpoint = (covered or {}).get("verification"), (covered or {}).get("checkpoint")
+    parts = []
+    if verification is None:
+        parts.append(format_html('<span class="flk-mark flk-unverified">{}</span>', _("not verified yet")))
+    else:
+        intact = _intact(verification, seq)
+        when = formats.date_format(timezone.localtime(verification.performed_at), "SHORT_DATETIME_FORMAT")
+        text = (
+            (_("✓ verified") if intact else _("✗ broken"))
+            if short
+            else format_html(
+                "{} {} ({}, #{}–#{})",
+                _("verified intact by") if intact else _("found BROKEN by"),
+                _("verification %(pk)s") % {"pk": verification.pk},
+                when,
+                verification.from_seq or 1,
+                verification.head_seq,
+            )
+        )
+        parts.append(
+            format_html(
+                '<a class="flk-mark {}" href="{}" title="{}">{}</a>',
+                "flk-verified" if intact else "flk-broken",
+                admin_url("verification", verification.pk),
+                when,
+                text,
+            )
+        )
+    if checkpoint is None:
+        parts.append(format_html('<span class="flk-mark flk-unsigned">{}</span>', _("no checkpoint yet")))
+    else:
+        text = (
+            _("signed #%(seq)s") % {"seq": checkpoint.seq}
+            if short
+            else _("signed checkpoint at #%(seq)s, key %(key)s") % {"seq": checkpoint.seq, "key": checkpoint.key_id}
+        )
+        parts.append(format_html('<a class="flk-mark flk-signed" href="{}">{}</a>', admin_url("checkpoint", checkpoint.pk), text))
+    return format_html_join(" · " if short else "<br>", "{}", ((part,) for part in parts))
+
+
 def _date(value):
     try:
         return _moment(value or "")
@@ -409,13 +670,14 @@ class AuditCheckpointAdmin(ReadOnlyAdmin):
 
 @admin.register(Verification)
 class VerificationAdmin(ReadOnlyAdmin):
-    list_display = ("performed_at", "mode", "ok", "entries_checked", "head_seq", "first_broken_seq", "duration_ms", "actor")
+    list_display = ("performed_at", "mode", "ok", "entries_checked", "from_seq", "head_seq", "first_broken_seq", "duration_ms", "actor")
     list_filter = ("ok", "mode")
     readonly_fields = (
         "performed_at",
         "mode",
         "ok",
         "entries_checked",
+        "from_seq",
         "head_seq",
         "first_broken_seq",
         "first_broken_id",

@@ -7,7 +7,7 @@ import logging
 import multiprocessing
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
@@ -60,17 +60,21 @@ def _alias() -> str:
     return router.db_for_read(AuditEntry)
 
 
-def verify_range(lo: int, hi: int, previous_hash: str, previous_id: int | None) -> tuple[int, Problem | None]:
-    """Check entries lo..hi (inclusive): contiguous, linked, each hash recomputed."""
+def verify_range(
+    lo: int, hi: int, previous_hash: str, previous_id: int | None, progress: Callable[[int], None] | None = None
+) -> tuple[int, Problem | None]:
+    """Check entries lo..hi (inclusive): contiguous, linked, each hash recomputed. ``progress`` is told
+    the number checked so far every :data:`CHUNK` entries (on PostgreSQL while the rows still stream:
+    it must not use this process's connection to the trail)."""
     connection = connections[_alias()]
     if connection.vendor == "postgresql":
         rows = _rows_postgresql(connection, lo, hi)
         try:
-            return _rows_check(rows, lo, hi, previous_hash, previous_id, entry_hash_of_text_row)
+            return _rows_check(rows, lo, hi, previous_hash, previous_id, entry_hash_of_text_row, progress)
         finally:
             rows.close()
     rows = AuditEntry.objects.using(_alias()).filter(seq__gte=lo, seq__lte=hi).order_by("seq").values_list(*ROW_COLUMNS)
-    return _rows_check(rows.iterator(chunk_size=CHUNK), lo, hi, previous_hash, previous_id, entry_hash_of_row)
+    return _rows_check(rows.iterator(chunk_size=CHUNK), lo, hi, previous_hash, previous_id, entry_hash_of_row, progress)
 
 
 def _rows_postgresql(connection, lo: int, hi: int) -> Iterator[tuple]:
@@ -98,9 +102,11 @@ def _rows_postgresql(connection, lo: int, hi: int) -> Iterator[tuple]:
                 pass
 
 
-def _rows_check(rows, lo: int, hi: int, previous_hash: str, previous_id: int | None, recompute) -> tuple[int, Problem | None]:
+def _rows_check(rows, lo: int, hi: int, previous_hash: str, previous_id: int | None, recompute, progress=None) -> tuple[int, Problem | None]:
     expected, checked = lo, 0
     for row in rows:
+        if progress is not None and checked and not checked % CHUNK:
+            progress(checked)
         entry_id, seq, _, prev_hash, stored_hash = row[:5]
         if seq != expected:
             return checked, Problem(expected, None, f"entry #{expected} is missing: the next entry present is #{seq} (id {entry_id})")
@@ -190,8 +196,9 @@ def _checkpoint_problems(last_seq: int, *, every: bool) -> Problem | None:
     return None
 
 
-def audit_verify(*, from_checkpoint: bool = False, workers: int | None = None) -> Report:
-    """Recompute the chain; the report names the first broken entry (or checkpoint)."""
+def audit_verify(*, from_checkpoint: bool = False, workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> Report:
+    """Recompute the chain; the report names the first broken entry (or checkpoint). ``progress`` is
+    told (entries checked, entries to check) as the work goes on."""
     started = time.perf_counter()
     alias = _alias()
     last = AuditEntry.objects.using(alias).exclude(seq=None).order_by("-seq").values_list("seq", "entry_hash").first()
@@ -209,18 +216,28 @@ def audit_verify(*, from_checkpoint: bool = False, workers: int | None = None) -
         previous_hash, previous_id = _anchor(start_seq - 1)
         count = last_seq - start_seq + 1
         workers = workers if workers is not None else (min(4, multiprocessing.cpu_count()) if count >= PARALLEL_THRESHOLD else 1)
+        if progress is not None:
+            progress(0, count)
         if workers <= 1:
-            checked, problem = verify_range(start_seq, last_seq, previous_hash, previous_id)
+            checked, problem = verify_range(
+                start_seq, last_seq, previous_hash, previous_id, (lambda done: progress(done, count)) if progress else None
+            )
         else:
-            bounds = [start_seq + count * index // workers for index in range(workers + 1)]
+            # With progress to report, more pieces than processes: each finished piece is reported.
+            pieces = workers * 4 if progress is not None else workers
+            bounds = [start_seq + count * index // pieces for index in range(pieces + 1)]
             ranges = []
-            for index in range(workers):
+            for index in range(pieces):
                 lo, hi = bounds[index], bounds[index + 1] - 1
                 anchor = (previous_hash, previous_id) if index == 0 else _anchor(lo - 1)
                 ranges.append((lo, hi, *anchor))
             connections.close_all()  # children open their own
+            results = []
             with multiprocessing.get_context("fork").Pool(workers) as pool:
-                results = pool.map(_verify_range_in_child, ranges)
+                for result in pool.imap(_verify_range_in_child, ranges):
+                    results.append(result)
+                    if progress is not None:
+                        progress(sum(done for done, _ in results), count)
             checked = sum(result[0] for result in results)
             problems = [result[1] for result in results if result[1] is not None]
             problem = min(problems, key=lambda item: item.seq) if problems else None
@@ -250,12 +267,12 @@ def verdict_log(report: Report) -> None:
         logger.error("audit trail verification FAILED at entry #%s: %s", report.problem.seq, report.problem.message)
 
 
-def verdict_record(report: Report, *, actor) -> str:
+def verdict_record(report: Report, *, actor, details: dict | None = None) -> str:
     """Record a verdict already delivered (:func:`verification_record`). A verifier's verdict stands
     even when it cannot be recorded (the trail closed by a foreign row, a database error): that is
     logged, and returned as ``"verdict not recorded: ..."`` for the caller to report; "" when recorded."""
     try:
-        verification_record(report, actor=actor)
+        verification_record(report, actor=actor, details=details)
     except (TrailClosed, DatabaseError) as error:
         why = f"verdict not recorded: {error}"
         logger.error("audit trail %s", why)
@@ -263,9 +280,10 @@ def verdict_record(report: Report, *, actor) -> str:
     return ""
 
 
-def verification_record(report: Report, *, actor) -> Verification:
-    """Store the outcome and audit it (``audit.verified``). Callers deliver the verdict first and
-    record it through :func:`verdict_record`, which survives a refusal."""
+def verification_record(report: Report, *, actor, details: dict | None = None) -> Verification:
+    """Store the outcome and audit it (``audit.verified``, with ``details`` besides the report's).
+    Callers deliver the verdict first and record it through :func:`verdict_record`, which survives a
+    refusal."""
     with transaction.atomic(using=router.db_for_write(Verification)):
         verification = Verification.objects.create(
             mode=report.mode,
@@ -277,8 +295,11 @@ def verification_record(report: Report, *, actor) -> Verification:
             problem=report.problem.message if report.problem else "",
             duration_ms=report.duration_ms,
             actor=actor.name,
+            from_seq=report.checkpoint_seq + 1 if report.checkpoint_seq is not None else 1,
         )
-        audit_record(event="audit.verified", actor=actor, environment=settings.FLAMINGOCK_ENVIRONMENT, details=report.as_dict())
+        audit_record(
+            event="audit.verified", actor=actor, environment=settings.FLAMINGOCK_ENVIRONMENT, details={**report.as_dict(), **(details or {})}
+        )
     return verification
 
 

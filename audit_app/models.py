@@ -101,15 +101,18 @@ class AuditEntry(models.Model):
         ordering = ["-id"]
         verbose_name_plural = "audit entries"
         indexes = [
-            models.Index(fields=["change_id", "id"], name="audit_change_id_idx"),
+            # Pattern operator classes (PostgreSQL; others ignore them): besides equality, these serve
+            # the search by prefix (LIKE 'x%') under any collation.
+            models.Index(fields=["change_id", "id"], name="audit_change_id_pfx_idx", opclasses=["varchar_pattern_ops", "int8_ops"]),
             models.Index(fields=["created_at"], name="audit_created_at_idx"),
             # The admin's filters: their values by a skip scan, their pages in chain order (audit_app/admin.py).
             models.Index(fields=["environment", "seq"], name="audit_environment_seq_idx"),
             models.Index(fields=["target", "seq"], name="audit_target_seq_idx"),
             models.Index(fields=["stage", "seq"], name="audit_stage_seq_idx"),
             models.Index(fields=["state", "seq"], name="audit_state_seq_idx"),
-            models.Index(fields=["actor", "seq"], name="audit_actor_seq_idx"),
+            models.Index(fields=["actor", "seq"], name="audit_actor_seq_pfx_idx", opclasses=["varchar_pattern_ops", "int8_ops"]),
         ]
+        permissions = [("verify_chain", "Can verify the audit chain now")]
 
     def __str__(self):
         subject = self.change_id or (str(self.run_id) if self.run_id else "")
@@ -122,6 +125,37 @@ class AuditEntry(models.Model):
 
     def delete(self, *args, **kwargs):
         raise AppendOnlyError("Audit entries cannot be deleted.")
+
+
+class EntrySubject(models.Model):
+    """What an entry is about, for the target and change filters: a side index of the trail, kept by
+    its one writer and rebuildable from it (``flamingock audit reindex``), like :class:`ChangeState`.
+
+    An entry of a change names its target and change in its own columns; a governance or drift entry
+    (``policy.changed``, ``permission.*``, ``drift.*``) names them in its details
+    (:func:`audit_app.subjects.entry_subject`). The row is keyed by the entry's sequence number, so a
+    filtered page joins on it and is still read in chain order from this table's indexes."""
+
+    entry = models.OneToOneField(
+        AuditEntry,
+        to_field="seq",
+        db_column="seq",
+        primary_key=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="subject",
+    )
+    target = models.CharField(max_length=200, blank=True, default="")
+    change_id = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["target", "entry"], name="audit_subject_target_idx"),
+            models.Index(fields=["change_id", "entry"], name="audit_subject_change_idx"),
+        ]
+
+    def __str__(self):
+        return f"#{self.entry_id}: {self.target or '-'} / {self.change_id or '-'}"
 
 
 class ChainHead(models.Model):
@@ -181,6 +215,8 @@ class Verification(models.Model):
     problem = models.TextField(blank=True, default="")
     duration_ms = models.FloatField(default=0)
     actor = models.CharField(max_length=200, blank=True, default="")
+    #: The first entry this verification recomputed (1 for a full one; after its checkpoint otherwise).
+    from_seq = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-performed_at"]
@@ -251,3 +287,35 @@ class QuarantinedEntry(models.Model):
 
     def delete(self, *args, **kwargs):
         raise AppendOnlyError("Quarantined entries cannot be deleted.")
+
+
+class VerificationRequest(models.Model):
+    """A verification someone asked for ("Verify now", ``POST /api/v1/audit/verify/``): who asked, and
+    how far the worker that runs it has got. Operational state, not evidence: the evidence is the
+    ``audit.verify_requested`` entry and the ``audit.verified`` entry of its result."""
+
+    class Status(models.TextChoices):
+        QUEUED = "QUEUED", _("Queued")
+        RUNNING = "RUNNING", _("Running")
+        DONE = "DONE", _("Done")
+        FAILED = "FAILED", _("Failed")
+
+    requested_at = models.DateTimeField(db_default=Now())
+    requested_by = models.CharField(max_length=200)
+    requested_by_user_id = models.IntegerField(null=True, blank=True)
+    #: The ``audit.verify_requested`` entry.
+    request_entry_id = models.BigIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    #: The chain head when the worker started, and how many entries it has recomputed so far.
+    total = models.BigIntegerField(null=True, blank=True)
+    entries_checked = models.BigIntegerField(default=0)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    verification = models.ForeignKey(Verification, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self):
+        return f"verification request {self.pk} by {self.requested_by} ({self.status})"

@@ -20,6 +20,7 @@ from django.utils import timezone
 from audit_app.chain import CHAIN_VERSION, GENESIS_HASH, HASHED_FIELDS, entry_hash, normalise_details
 from audit_app.models import APPLIED_STATES, AuditEntry, ChainHead, ChangeState, ChangeStateName
 from audit_app.redaction import redact, redact_data
+from audit_app.subjects import subject_write
 from audit_app.types import HOSTNAME, UNCHECKED, Actor, ChangeRef, Fence, FenceRefused, HashMismatch, StateMoved, TrailClosed
 from audit_app.writer_postgresql import HEAD_CREATE_POSTGRESQL, write_postgres
 
@@ -127,6 +128,7 @@ def audit_record(
                     raise
                 raise TrailClosed(entry.seq, entry.event) from error
             _advance_head(entry, using=using)
+            subject_write(entry, using=using)
             if state:
                 _project_state(entry, applied=applied, using=using)
         if accepts_checksum:

@@ -7,6 +7,7 @@ from django.core.mail import mail_admins
 
 from audit_app.integrity import audit_verify, checkpoint_write, verdict_log, verdict_record
 from audit_app.services import Actor
+from audit_app.verify_requests import VERIFY_REQUEST_TASK, verify_request_run
 
 logger = logging.getLogger("flamingock.audit")
 
@@ -33,3 +34,11 @@ def audit_checkpoint_task() -> int | None:
     """Sign the chain head, so that removing the newest entries is detected too."""
     checkpoint = checkpoint_write(reason="schedule")
     return checkpoint.seq if checkpoint else None
+
+
+@shared_task(name=VERIFY_REQUEST_TASK, ignore_result=True)
+def audit_verify_request_task(request_id: int) -> bool | None:
+    """A verification someone asked for ("Verify now"): progress on its row, the verdict delivered and
+    recorded naming who asked (audit_app.verify_requests)."""
+    request = verify_request_run(request_id=request_id)
+    return request.verification.ok if request is not None and request.verification is not None else None

@@ -19,7 +19,8 @@ from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connections
 
 from audit_app.chain import CHAIN_VERSION, GENESIS_HASH, HASHED_FIELDS, canonical_json, scalar, timestamp_text
-from audit_app.models import AuditEntry, ChainHead, ChangeState
+from audit_app.models import AuditEntry, ChainHead, ChangeState, EntrySubject
+from audit_app.subjects import entry_subject
 from audit_app.types import UNCHECKED, Fence, HashMismatch, StateMoved, TrailClosed
 
 #: PostgreSQL: the writer's statement is a server-side prepared statement unless a connection
@@ -129,9 +130,9 @@ def _statement(vendor: str, fence_sql: str | None, checked: bool, project: bool,
     """The writer's statement for one shape of entry (fenced or not, state-checked or not, projected
     or not, refusing with an error or not), built once: its text depends on nothing else. Parameters,
     in order: the fence's, the change id and the expected entry (checked), the hash tail, the written
-    columns, the projection's. A refusing statement raises (``flamingock_refuse``, SQLSTATE FLREF,
-    migration 0005) where another returns a row without an entry: it is the one sent with the
-    ``COMMIT`` of its transaction, which must then not commit."""
+    columns, the entry's target and change (the side index), the projection's. A refusing statement
+    raises (``flamingock_refuse``, SQLSTATE FLREF, migration 0005) where another returns a row without
+    an entry: it is the one sent with the ``COMMIT`` of its transaction, which must then not commit."""
     connection = next(connection for connection in connections.all() if connection.vendor == vendor)
     quote = connection.ops.quote_name
     ctes: list[str] = []
@@ -156,6 +157,12 @@ def _statement(vendor: str, fence_sql: str | None, checked: bool, project: bool,
         f"RETURNING id, seq, prev_hash, entry_hash, created_at)"
     )
     ctes.append(f"hu AS (UPDATE {head} SET seq = e.seq, entry_hash = e.entry_hash, entry_id = e.id FROM e WHERE {head}.id = 1)")
+    # The entry's row of the side index (audit_app.subjects): its target and change, in the same round
+    # trip. A row left by an entry removed outside the writer is replaced: the index follows the trail.
+    ctes.append(
+        f"sj AS (INSERT INTO {EntrySubject._meta.db_table} (seq, target, change_id) SELECT e.seq, %s::text, %s::text FROM e "
+        "ON CONFLICT (seq) DO UPDATE SET target = EXCLUDED.target, change_id = EXCLUDED.change_id)"
+    )
     if project:
         table = ChangeState._meta.db_table
         ctes.append(
@@ -210,6 +217,7 @@ def write_postgres(
     params.append(tail)
     values = [getattr(entry, name) if field is None else field.get_db_prep_save(getattr(entry, name), connection) for name, field in _WRITTEN_PREP]
     params += values
+    params += entry_subject(target=entry.target, change_id=entry.change_id, details=entry.details)
     if project:
         run_id = values[_WRITTEN_INDEX["run_id"]]
         params += [entry.change_id, entry.state, entry.checksum, run_id, entry.stage, entry.order, entry.target, int(applied)]

@@ -73,8 +73,12 @@ def _build(context: Context, entries: int) -> str:
             "UPDATE audit_app_chainhead SET seq = %s, entry_hash = %s, entry_id = (SELECT max(id) FROM audit_app_auditentry) WHERE id = 1",
             [entries, previous],
         )
+        # The side index of subjects (audit_app.subjects), as the writer keeps it: these entries name
+        # their target and change in their own columns.
+        connection.execute("INSERT INTO audit_app_entrysubject (seq, target, change_id) SELECT seq, target, change_id FROM audit_app_auditentry")
     with psycopg.connect(context.pg.database_url(name), autocommit=True) as connection:
         connection.execute("VACUUM ANALYZE audit_app_auditentry")
+        connection.execute("VACUUM ANALYZE audit_app_entrysubject")
     log(f"audit data: {entries:,} chained entries in {time.perf_counter() - started:.1f} s ({name})")
     return name
 

@@ -10,6 +10,7 @@ class ChangesAppConfig(AppConfig):
         # Registering is what these imports do: the system checks, the target kinds (each module
         # registers its kind and templates), and the receivers of run_finished and of permission changes.
         from changes_app import checks  # noqa: F401
+        from changes_app.governance import logins
         from changes_app.governance.permission_audit import receivers_connect
         from changes_app.services import notifications, requests  # noqa: F401
         from changes_app.services.schedules import schedules_ensure
@@ -19,3 +20,4 @@ class ChangesAppConfig(AppConfig):
         load_entry_point_kinds()
         post_migrate.connect(schedules_ensure, sender=self, dispatch_uid="flamingock.schedules_ensure")
         receivers_connect()
+        logins.receivers_connect()

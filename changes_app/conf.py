@@ -6,3 +6,17 @@ from django.conf import settings
 def current_environment() -> str:
     """The deployment this instance governs (``FLAMINGOCK_ENVIRONMENT``)."""
     return settings.FLAMINGOCK_ENVIRONMENT
+
+
+#: What ``environments_declared`` offers when a host project declares nothing.
+DEFAULT_ENVIRONMENTS = ("dev", "staging", "prod")
+
+
+def environments_declared() -> list[str]:
+    """The environments a policy may name (``FLAMINGOCK_ENVIRONMENTS``, default dev, staging and
+    prod), with the current one always among them; in declared order, without repeats."""
+    declared = getattr(settings, "FLAMINGOCK_ENVIRONMENTS", DEFAULT_ENVIRONMENTS)
+    if isinstance(declared, str):
+        declared = declared.split(",")
+    names = [name.strip() for name in declared if name and name.strip()]
+    return list(dict.fromkeys([*names, current_environment()]))

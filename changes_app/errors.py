@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from audit_app.redaction import redact
+
 
 class FlamingockError(Exception):
     """A refusal with a clear message; nothing was changed."""
@@ -45,8 +47,18 @@ class PolicyInvalid(RequestRefused):
     pass
 
 
+def typed_text(text: str | None) -> str:
+    """A free text a person typed (a reason, a comment), stripped and with every secret masked.
+
+    The one choke point: what it returns is what is stored, mailed, logged and shown, so a token
+    or a password pasted by mistake never reaches a row or the append-only trail
+    (docs/compliance.md, "Redaction").
+    """
+    return redact((text or "").strip())
+
+
 def require_reason(reason: str, *, error: type[FlamingockError] = ActionRefused) -> str:
-    """The reason a person gave, stripped; refused when there is none."""
+    """The reason a person gave, stripped and redacted (:func:`typed_text`); refused when there is none."""
     if not reason or not reason.strip():
         raise error("a reason is required")
-    return reason.strip()
+    return typed_text(reason)

@@ -176,6 +176,47 @@ class Fence(models.Model):
         return f"fence {self.name} at {self.token}"
 
 
+class Worker(models.Model):
+    """A Celery worker as it last said with its heartbeat: where it runs and which code it has
+    (docs/semantics.md, Workers). Rows are kept after the worker stops, for the record."""
+
+    #: The Celery node name (``celery@host``), unique while it runs; a restart under the same name updates the row.
+    name = models.CharField(max_length=255, unique=True)
+    host = models.CharField(max_length=255)
+    pid = models.IntegerField()
+    environment = models.CharField(max_length=64, db_index=True)
+    queue = models.CharField(max_length=200, blank=True, default="")
+    #: The digest of the pipeline this worker's code discovered when it started.
+    digest = models.CharField(max_length=64)
+    version = models.CharField(max_length=64, blank=True, default="")
+    started_at = models.DateTimeField()
+    heartbeat_at = models.DateTimeField(db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["environment", "name"]
+
+    def __str__(self):
+        return f"{self.name} (pid {self.pid}, pipeline {self.digest[:12]})"
+
+
+class DeployedPipeline(models.Model):
+    """The current pipeline of an environment: the digest that the deploy step (``migrate``) or the
+    web process last recorded. Workers never write it; a worker with another digest is stale."""
+
+    environment = models.CharField(max_length=64, unique=True)
+    digest = models.CharField(max_length=64)
+    version = models.CharField(max_length=64, blank=True, default="")
+    #: Which process recorded it: ``migrate``, ``web``, ``cli``...
+    recorded_by = models.CharField(max_length=200)
+    host = models.CharField(max_length=255, blank=True, default="")
+    pid = models.IntegerField(null=True, blank=True)
+    recorded_at = models.DateTimeField()
+
+    def __str__(self):
+        return f"{self.environment}: pipeline {self.digest[:12]}"
+
+
 class ApiToken(models.Model):
     """A personal token for the CLI and the API, stored as a SHA-256 hash."""
 
@@ -188,8 +229,12 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.CharField(max_length=200, blank=True, default="", editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
-    expires_at = models.DateTimeField(null=True, blank=True)
+    #: Never later than FLAMINGOCK_TOKEN_MAX_LIFETIME_DAYS after creation (docs/sso.md); left blank,
+    #: the maximum. Null only on a row written around ``token_create``: then the maximum from creation.
+    expires_at = models.DateTimeField(null=True, blank=True, help_text=_("Blank: the longest lifetime allowed."))
     revoked_at = models.DateTimeField(null=True, blank=True)
+    #: Why the token was revoked when no person chose to: "user deactivated".
+    revoked_reason = models.CharField(max_length=200, blank=True, default="", editable=False)
 
     class Meta:
         verbose_name = "API token"
@@ -204,6 +249,25 @@ class ApiToken(models.Model):
     @classmethod
     def generate_key(cls) -> str:
         return cls.PREFIX + secrets.token_urlsafe(32)
+
+
+class SsoIdentity(models.Model):
+    """The OpenID Connect subject behind a user: a person is (issuer, sub), never a name or e-mail
+    address that the provider could give to someone else (docs/sso.md)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="flamingock_sso_identities")
+    issuer = models.CharField(max_length=500)
+    subject = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_login_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "SSO identity"
+        verbose_name_plural = "SSO identities"
+        constraints = [models.UniqueConstraint(fields=["issuer", "subject"], name="sso_identity_one_user_per_subject")]
+
+    def __str__(self):
+        return f"{self.subject} at {self.issuer} ({self.user})"
 
 
 class ApprovalPolicy(models.Model):
@@ -383,6 +447,8 @@ class Finding(models.Model):
         LOCK_PAST_LEASE = "LOCK_PAST_LEASE", _("Lock held past its lease")
         VERIFY_FAILED = "VERIFY_FAILED", _("Verify probe found the effect absent")
         PROBE_FAILED = "PROBE_FAILED", _("Verify probe raised or timed out")
+        WORKER_STALE = "worker.stale", _("Worker on code other than the current pipeline")
+        SCHEDULE_CHANGED = "SCHEDULE_CHANGED", _("Verification or drift schedule changed")
 
     class Status(models.TextChoices):
         OPEN = "OPEN", _("Open")
@@ -451,3 +517,42 @@ class WebhookDelivery(models.Model):
 
     def __str__(self):
         return f"delivery #{self.pk} of finding {self.finding_id} to {self.url} ({self.status})"
+
+
+class ChangeSourceQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise ChangeSourceImmutable("a stored change source is never updated")
+
+    def delete(self):
+        raise ChangeSourceImmutable("a stored change source is never deleted")
+
+
+class ChangeSourceImmutable(Exception):
+    """A stored change source is written once and never changed."""
+
+
+class ChangeSource(models.Model):
+    """A change's normalised source, stored once per checksum when a request is made and when the
+    change is applied, so that a request page can show what moved since it was approved."""
+
+    checksum = models.CharField(max_length=64, unique=True)
+    #: ``python`` or ``template``, as the change record says.
+    kind = models.CharField(max_length=16, blank=True, default="")
+    source = models.TextField()
+    created_at = models.DateTimeField(db_default=Now())
+
+    objects = ChangeSourceQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"source {self.checksum[:12]}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise ChangeSourceImmutable("a stored change source is never updated")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ChangeSourceImmutable("a stored change source is never deleted")

@@ -10,23 +10,47 @@ import logging
 from celery import shared_task
 from django.db import connections
 
-from changes_app.drift.checks import drift_check
+from changes_app.drift.checks import drift_check, worker_stale_found
 from changes_app.drift.notifications import webhook_deliver, webhooks_due
 from changes_app.engine.faults import crashpoint
 from changes_app.locks.backends import lock_backend_shared
 from changes_app.models import ChangeRecord
 from changes_app.pipeline.discovery import pipeline_load
 from changes_app.services import requests_expire, run_execute, runs_reap
+from changes_app.services.runs import run_no_current_worker
+from changes_app.services.workers import (
+    WorkerStale,
+    worker_handback_countdown,
+    worker_handbacks,
+    worker_heartbeat_start,
+    worker_process_mark,
+    worker_stopped,
+)
 from changes_app.targets.base import target_systems
 
 logger = logging.getLogger("flamingock.services")
 
 
-@shared_task(name="flamingock.run_execute", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def run_execute_task(run_id: str) -> str:
+def _hand_back(task, stale: WorkerStale) -> bool:
+    """A stale worker hands the task back (a retry after a countdown, which any worker may take)
+    while the bound allows; False once it is spent."""
+    if task.request.called_directly or task.request.retries >= worker_handbacks():
+        return False
+    logger.warning("%s; handing %s[%s] back (%d of %d)", stale, task.name, task.request.id, task.request.retries + 1, worker_handbacks())
+    raise task.retry(countdown=worker_handback_countdown(), max_retries=worker_handbacks())
+
+
+@shared_task(bind=True, name="flamingock.run_execute", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_execute_task(self, run_id: str) -> str:
     """Execute a queued run (a pipeline, an undo, a fix, a skip...). A duplicate delivery finds the
-    run already claimed and does nothing."""
-    status = run_execute(run_id=run_id).status
+    run already claimed and does nothing. A stale worker hands it back, then ends it
+    (``no_current_worker``) and opens the ``worker.stale`` finding."""
+    try:
+        status = run_execute(run_id=run_id).status
+    except WorkerStale as stale:
+        _hand_back(self, stale)
+        worker_stale_found(stale=stale, task=self.name, run_id=run_id, handbacks=self.request.retries)
+        return run_no_current_worker(run_id=run_id, stale=stale, handbacks=self.request.retries).status
     crashpoint("before_ack")
     return status
 
@@ -43,19 +67,29 @@ def requests_expire_task() -> list[int]:
     return requests_expire()
 
 
-@shared_task(name="flamingock.drift_check", ignore_result=True)
-def drift_check_task(kind: str = "scheduled") -> dict:
-    """Definition and operational drift (every 5 minutes by default); queues overdue webhook retries."""
-    report = drift_check(kind=kind)
+def _drift_check(task, kind: str) -> dict:
+    try:
+        report = drift_check(kind=kind)
+    except WorkerStale as stale:
+        _hand_back(task, stale)
+        worker_stale_found(stale=stale, task=task.name, handbacks=task.request.retries)
+        return {"checks": [], "stale": stale.worker}
     for delivery_id in webhooks_due():
         webhook_deliver_task.apply_async(args=[delivery_id])
     return {"checks": report.checks, "seen": len(report.seen), "opened": len(report.opened), "resolved": len(report.resolved)}
 
 
-@shared_task(name="flamingock.drift_check_live", ignore_result=True)
-def drift_check_live_task() -> dict:
+@shared_task(bind=True, name="flamingock.drift_check", ignore_result=True)
+def drift_check_task(self, kind: str = "scheduled") -> dict:
+    """Definition and operational drift (every 5 minutes by default); queues overdue webhook retries.
+    A stale worker hands it back, then gives it up and opens the ``worker.stale`` finding."""
+    return _drift_check(self, kind)
+
+
+@shared_task(bind=True, name="flamingock.drift_check_live", ignore_result=True)
+def drift_check_live_task(self) -> dict:
     """Live drift: every applied change's verify probe against its target (hourly by default)."""
-    return drift_check_task(kind="live")
+    return _drift_check(self, "live")
 
 
 @shared_task(name="flamingock.webhook_deliver", ignore_result=True)
@@ -64,6 +98,21 @@ def webhook_deliver_task(delivery_id: int) -> None:
     wait = webhook_deliver(delivery_id=delivery_id)
     if wait is not None:
         webhook_deliver_task.apply_async(args=[delivery_id], countdown=wait)
+
+
+def worker_named(*, name: str) -> None:
+    """This process (and the pool it forks) is the worker ``name``: it never records the current
+    pipeline and refuses to judge on stale code."""
+    worker_process_mark(name=name)
+
+
+def worker_started(*, name: str, queue: str = "") -> None:
+    """A worker is ready: it publishes its heartbeat with its pipeline digest from now on."""
+    worker_heartbeat_start(name=name, queue=queue)
+
+
+def worker_shutdown(*, name: str) -> None:
+    worker_stopped(name=name)
 
 
 def worker_prepare(*, connect: bool) -> None:

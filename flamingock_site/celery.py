@@ -88,11 +88,25 @@ def _connections_tidy(*, failed: bool = False) -> None:
             pass
 
 
+def production_refusals_check(what: str) -> None:
+    """A worker refuses to start in production mode while a refusal holds, as gunicorn does
+    (flamingock_site/wsgi.py): Celery runs the system checks but ignores their errors. SystemExit,
+    because Celery's signals log and swallow any Exception a receiver raises."""
+    from django.core.checks import run_checks
+
+    refusals = [message for message in run_checks(tags=["flamingock_production"]) if message.is_serious()]
+    if refusals:
+        message = f"refusing to start {what} in production mode:\n" + "\n".join(str(refusal) for refusal in refusals)
+        print(message, file=sys.stderr, flush=True)
+        raise SystemExit(1)
+
+
 @signals.worker_init.connect
 def _worker_init(sender=None, **kwargs):
     """Keep connections between tasks, and warm up the run path once for every process: in the
     prefork pool this runs in the parent, so forked children start with the imports and the
     discovered pipeline; each executing process then connects on its own (never across a fork)."""
+    production_refusals_check("a worker")
     if _worker_keeps_connections():
         from django.db import connections
 
@@ -107,6 +121,30 @@ def _worker_init(sender=None, **kwargs):
     worker_prepare(connect=False)
     # Connected here, after the Django fixup's own handler that closes what a child inherited.
     signals.worker_process_init.connect(_worker_process_init, weak=False)
+
+
+@signals.celeryd_after_setup.connect
+def _worker_named(sender=None, **kwargs):
+    """Before the pool forks: every process of this worker knows it is one, and checks its code."""
+    from changes_app.tasks import worker_named
+
+    worker_named(name=str(sender))
+
+
+@signals.worker_ready.connect
+def _worker_ready(sender=None, **kwargs):
+    """The worker publishes its heartbeat with its pipeline digest (docs/semantics.md, Workers)."""
+    from changes_app.tasks import worker_started
+
+    queues = getattr(getattr(sender, "task_consumer", None), "queues", None) or []
+    worker_started(name=sender.hostname, queue=",".join(queue.name for queue in queues) or app.conf.task_default_queue)
+
+
+@signals.worker_shutdown.connect
+def _worker_shutdown(sender=None, **kwargs):
+    from changes_app.tasks import worker_shutdown
+
+    worker_shutdown(name=getattr(sender, "hostname", "") or str(sender))
 
 
 def _worker_process_init(**kwargs):

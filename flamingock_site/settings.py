@@ -5,6 +5,7 @@ lease lock) so that a newcomer can try it anywhere. ``DATABASE_URL`` switches th
 PostgreSQL, ``REDIS_URL`` switches the lock and the broker to Redis.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -30,15 +31,18 @@ def env_list(name: str, default: str = "") -> list[str]:
 FLAMINGOCK_ENVIRONMENT = os.environ.get("FLAMINGOCK_ENVIRONMENT", "dev")
 #: Environments where every governed action needs approval and the CLI needs a token.
 FLAMINGOCK_PROTECTED_ENVIRONMENTS = env_list("FLAMINGOCK_PROTECTED_ENVIRONMENTS", "prod,production")
+#: The environments approval policies may name (the policy form offers them; the service refuses
+#: any other), besides FLAMINGOCK_ENVIRONMENT, which is always declared.
+FLAMINGOCK_ENVIRONMENTS = env_list("FLAMINGOCK_ENVIRONMENTS", "dev,staging,prod")
 #: Production mode (docs/operators.md, "Production checklist"): a protected environment always runs
 #: in it, and FLAMINGOCK_PRODUCTION=1 turns it on for any other. Its transport defaults are secure
 #: (below; variables only relax them) and the apps' system checks refuse an unsafe setting
 #: (changes_app/checks.py: the built-in or a weak key, DEBUG, open ALLOWED_HOSTS, no audit signing
 #: key, the demo). Without it nothing changes for the embedded demo.
 FLAMINGOCK_PRODUCTION = FLAMINGOCK_ENVIRONMENT in FLAMINGOCK_PROTECTED_ENVIRONMENTS or env_bool("FLAMINGOCK_PRODUCTION")
-#: The embedded demo: the example app and the example service's stages and target systems. On by
-#: default outside production mode; in production mode it is off, and FLAMINGOCK_DEMO=1 is refused.
-FLAMINGOCK_DEMO = env_bool("FLAMINGOCK_DEMO", default=not FLAMINGOCK_PRODUCTION)
+#: The embedded demo: the example app and the example service's stages and target systems. Only
+#: with an explicit FLAMINGOCK_DEMO=1 (./bin/run sets it); production mode refuses it (flamingock.E105).
+FLAMINGOCK_DEMO = env_bool("FLAMINGOCK_DEMO", default=False)
 
 #: The development key of a checkout; production mode refuses it (flamingock.E101), so an empty or
 #: missing DJANGO_SECRET_KEY cannot go unnoticed there.
@@ -74,6 +78,9 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    # /health/ (its page template) and /metrics (HTTP and database metrics): changes_app/observability.
+    "health_check",
+    "django_prometheus",
     "audit_app.apps.AuditAppConfig",
     "changes_app.apps.ChangesAppConfig",
     "examples.apps.ExamplesConfig",
@@ -86,8 +93,13 @@ if not FLAMINGOCK_DEMO:
 FLAMINGOCK_CLI = env_bool("FLAMINGOCK_CLI")
 if FLAMINGOCK_CLI:
     INSTALLED_APPS.remove("django_celery_beat")
+    # Nor does it serve /health/ or /metrics (its runs are counted from their rows all the same).
+    INSTALLED_APPS.remove("health_check")
+    INSTALLED_APPS.remove("django_prometheus")
 
 MIDDLEWARE = [
+    # First and last: django-prometheus times every request and counts its response.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -97,7 +109,11 @@ MIDDLEWARE = [
     "changes_app.governance.permission_audit.ActingUserMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
+if FLAMINGOCK_PRODUCTION:
+    # gunicorn serves the static files itself, compressed and cached far ahead (STORAGES below).
+    MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 ROOT_URLCONF = "flamingock_site.urls"
 
@@ -111,6 +127,8 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                # "Sign in with SSO" on the admin's login page (docs/sso.md).
+                "changes_app.governance.logins.sso_context",
             ],
         },
     },
@@ -168,10 +186,68 @@ def _database_from_environment() -> dict:
 
 
 DATABASES = {"default": _database_from_environment()}
+if env_bool("FLAMINGOCK_DB_METRICS", default=True) and not FLAMINGOCK_CLI:
+    # django-prometheus's wrappers of the same backends count connections, queries and their errors
+    # for /metrics (docs/operators.md, "Health and metrics"). The command line is not scraped.
+    DATABASES["default"]["ENGINE"] = DATABASES["default"]["ENGINE"].replace("django.db.backends.", "django_prometheus.db.backends.")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# --- Signing in: single sign-on, local passwords, tokens (docs/sso.md) ---------------------------
+#: OpenID Connect login for the admin (mozilla-django-oidc): on when FLAMINGOCK_OIDC_CLIENT_ID is set.
+FLAMINGOCK_OIDC_ENABLED = bool(os.environ.get("FLAMINGOCK_OIDC_CLIENT_ID"))
+#: The issuer names the provider's subjects: a person is (issuer, sub), never an e-mail address.
+FLAMINGOCK_OIDC_ISSUER = os.environ.get("FLAMINGOCK_OIDC_ISSUER", "")
+OIDC_RP_CLIENT_ID = os.environ.get("FLAMINGOCK_OIDC_CLIENT_ID", "")
+OIDC_RP_CLIENT_SECRET = os.environ.get("FLAMINGOCK_OIDC_CLIENT_SECRET", "")
+OIDC_OP_AUTHORIZATION_ENDPOINT = os.environ.get("FLAMINGOCK_OIDC_AUTHORIZATION_ENDPOINT", "")
+OIDC_OP_TOKEN_ENDPOINT = os.environ.get("FLAMINGOCK_OIDC_TOKEN_ENDPOINT", "")
+OIDC_OP_USER_ENDPOINT = os.environ.get("FLAMINGOCK_OIDC_USERINFO_ENDPOINT", "")
+OIDC_OP_JWKS_ENDPOINT = os.environ.get("FLAMINGOCK_OIDC_JWKS_ENDPOINT", "")
+OIDC_RP_SIGN_ALGO = os.environ.get("FLAMINGOCK_OIDC_SIGN_ALGO", "RS256")
+OIDC_RP_SCOPES = os.environ.get("FLAMINGOCK_OIDC_SCOPES", "openid email profile")
+OIDC_USE_PKCE = True
+OIDC_AUTHENTICATE_CLASS = "changes_app.governance.logins.SsoLoginView"
+OIDC_CALLBACK_CLASS = "changes_app.governance.logins.SsoCallbackView"
+LOGIN_REDIRECT_URL = "/admin/"
+LOGIN_REDIRECT_URL_FAILURE = "/admin/login/?sso=failed"
+if FLAMINGOCK_OIDC_ENABLED:
+    _missing = [
+        name
+        for name, value in (
+            ("FLAMINGOCK_OIDC_ISSUER", FLAMINGOCK_OIDC_ISSUER),
+            ("FLAMINGOCK_OIDC_CLIENT_SECRET", OIDC_RP_CLIENT_SECRET),
+            ("FLAMINGOCK_OIDC_AUTHORIZATION_ENDPOINT", OIDC_OP_AUTHORIZATION_ENDPOINT),
+            ("FLAMINGOCK_OIDC_TOKEN_ENDPOINT", OIDC_OP_TOKEN_ENDPOINT),
+            ("FLAMINGOCK_OIDC_USERINFO_ENDPOINT", OIDC_OP_USER_ENDPOINT),
+            ("FLAMINGOCK_OIDC_JWKS_ENDPOINT", OIDC_OP_JWKS_ENDPOINT),
+        )
+        if not value
+    ]
+    if _missing:
+        raise ImproperlyConfigured(f"FLAMINGOCK_OIDC_CLIENT_ID is set, so single sign-on needs {', '.join(_missing)} (docs/sso.md)")
+#: The claim holding the person's groups, and the claim that names their account here.
+FLAMINGOCK_OIDC_GROUPS_CLAIM = os.environ.get("FLAMINGOCK_OIDC_GROUPS_CLAIM", "groups")
+FLAMINGOCK_OIDC_USERNAME_CLAIM = os.environ.get("FLAMINGOCK_OIDC_USERNAME_CLAIM", "preferred_username")
+#: Provider group -> role (a role group of changes_app/governance/roles.py), as a JSON object, e.g.
+#: {"dba": "Approver", "dev": "Engineer"}. Re-applied at every SSO login; no mapped role, no login.
+FLAMINGOCK_OIDC_ROLE_MAP = json.loads(os.environ.get("FLAMINGOCK_OIDC_ROLE_MAP") or "{}")
+#: Local passwords: "on" (default), "emergency-only" (only FLAMINGOCK_EMERGENCY_USERS) or "off".
+FLAMINGOCK_LOCAL_LOGIN = os.environ.get("FLAMINGOCK_LOCAL_LOGIN", "on").strip().lower()
+if FLAMINGOCK_LOCAL_LOGIN not in {"on", "emergency-only", "off"}:
+    raise ImproperlyConfigured(f"FLAMINGOCK_LOCAL_LOGIN must be on, emergency-only or off, not {FLAMINGOCK_LOCAL_LOGIN!r}")
+FLAMINGOCK_EMERGENCY_USERS = env_list("FLAMINGOCK_EMERGENCY_USERS")
+#: Days a personal API token may live at most; a token asked for without expiry gets this.
+FLAMINGOCK_TOKEN_MAX_LIFETIME_DAYS = float(os.environ.get("FLAMINGOCK_TOKEN_MAX_LIFETIME_DAYS", "90"))
+#: Seconds of a refusal window (docs/governance.md, Refusals): the first refusal per (actor or
+#: address, reason) is written, later ones counted, and the next window's first closes it.
+FLAMINGOCK_REFUSAL_WINDOW = int(os.environ.get("FLAMINGOCK_REFUSAL_WINDOW", "600"))
+#: Failed logins from one address in one refusal window before logins from it are refused.
+FLAMINGOCK_LOGIN_FAILURE_LIMIT = int(os.environ.get("FLAMINGOCK_LOGIN_FAILURE_LIMIT", "10"))
+
 AUTHENTICATION_BACKENDS = [
-    "django.contrib.auth.backends.ModelBackend",
+    # Passwords, as FLAMINGOCK_LOCAL_LOGIN allows, throttled; model permissions for everyone.
+    "changes_app.governance.logins.LocalPasswordBackend",
+    *(["changes_app.governance.sso.SsoBackend"] if FLAMINGOCK_OIDC_ENABLED else []),
     "guardian.backends.ObjectPermissionBackend",
 ]
 ANONYMOUS_USER_NAME = None  # guardian: no anonymous user row
@@ -189,7 +265,17 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", VAR_DIR / "static"))
+#: Production mode serves static files through whitenoise from ``collectstatic``'s output: compressed,
+#: with hashed names cached for a year. Elsewhere (the demo, the tests) no collectstatic is needed.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if FLAMINGOCK_PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
 
 LOGGING = {
     "version": 1,
@@ -199,6 +285,49 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {"flamingock": {"handlers": ["console"], "level": os.environ.get("FLAMINGOCK_LOG_LEVEL", "INFO"), "propagate": False}},
 }
+#: ``json``: one JSON object a line (python-json-logger), through the same redaction (and more: the
+#: formatter redacts extra fields and tracebacks too). ``text`` (the default): the message alone.
+FLAMINGOCK_LOG_FORMAT = os.environ.get("FLAMINGOCK_LOG_FORMAT", "text").strip().lower()
+if FLAMINGOCK_LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"FLAMINGOCK_LOG_FORMAT must be 'text' or 'json', not {FLAMINGOCK_LOG_FORMAT!r}")
+if FLAMINGOCK_LOG_FORMAT == "json":
+    LOGGING["formatters"] = {
+        "json": {
+            "()": "changes_app.observability.logs.RedactingJsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"},
+        }
+    }
+    LOGGING["handlers"]["console"]["formatter"] = "json"
+
+#: Error reports to Sentry when SENTRY_DSN is set (web, workers and the command line), scrubbed by the
+#: same redaction; no personal data (user, cookies, client address) is sent.
+SENTRY_DSN = os.environ.get("SENTRY_DSN", "")
+if SENTRY_DSN:
+    import sentry_sdk
+    from sentry_sdk.integrations.celery import CeleryIntegration
+    from sentry_sdk.integrations.django import DjangoIntegration
+
+    from changes_app.observability.logs import sentry_before_send
+
+    sentry_sdk.init(
+        dsn=SENTRY_DSN,
+        environment=FLAMINGOCK_ENVIRONMENT,
+        integrations=[DjangoIntegration(), CeleryIntegration()],
+        # sentry-sdk 3 replaced send_default_pii with data_collection: no user, cookies, headers,
+        # bodies, query strings, SQL parameters or local variables leave the process.
+        data_collection={
+            "user_info": False,
+            "cookies": {"mode": "off"},
+            "http_headers": {"request": {"mode": "off"}},
+            "http_bodies": [],
+            "url_query_params": {"mode": "off"},
+            "database_query_data": False,
+            "stack_frame_variables": False,
+        },
+        traces_sample_rate=float(os.environ.get("SENTRY_TRACES_SAMPLE_RATE", "0")),
+        before_send=sentry_before_send,
+    )
 
 # --- Flamingock --------------------------------------------------------------------------------
 
@@ -302,6 +431,9 @@ REST_FRAMEWORK = {
         "anon": os.environ.get("FLAMINGOCK_API_THROTTLE_ANON", "60/min"),
         "user": os.environ.get("FLAMINGOCK_API_THROTTLE_USER", "6000/min"),
     },
+    #: Proxies in front whose X-Forwarded-For names the client the throttles count. 0 (the default)
+    #: trusts no such header: a client could otherwise name a new address per request.
+    "NUM_PROXIES": int(os.environ.get("FLAMINGOCK_API_NUM_PROXIES", "0")),
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -309,6 +441,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": 'Change-as-code governance: target systems, changes, plans, runs, requests and approvals, issues, the audit trail and the pipeline lock. Errors always have the shape {"error": {"code", "message", "details"}} with a stable code.',
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and Swagger UI: anyone outside production mode, a logged-in user in it.
+    "SERVE_PERMISSIONS": ["changes_app.api.permissions.MayReadSchema"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
@@ -340,6 +474,34 @@ FLAMINGOCK_AUDIT_PUBLIC_KEYS = env_list("FLAMINGOCK_AUDIT_PUBLIC_KEYS")
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 
+#: The cache holds the API's throttle counts, cached sessions and the health probe's key. On Redis
+#: when REDIS_URL is set, so every process shares them (FLAMINGOCK_CACHE_URL names another Redis);
+#: otherwise each process has its own memory, which is right for one process only.
+FLAMINGOCK_CACHE_URL = os.environ.get("FLAMINGOCK_CACHE_URL", "") or REDIS_URL
+if FLAMINGOCK_CACHE_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": FLAMINGOCK_CACHE_URL,
+            # Keeps deployments (or test runs) sharing one Redis apart.
+            "KEY_PREFIX": os.environ.get("FLAMINGOCK_CACHE_KEY_PREFIX", "flamingock"),
+            # A Redis that stopped answering fails a request (and readiness) in seconds, not minutes.
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "flamingock"}}
+#: Sessions read from the cache and kept in the database: Redis here persists nothing to disk.
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+
+# --- Health and metrics (changes_app/observability, docs/operators.md "Health and metrics") ------
+#: /metrics answers a caller with this bearer token, or from an address of the allow-list (IPs or
+#: networks). With neither, production mode answers 404 and elsewhere only loopback callers.
+FLAMINGOCK_METRICS_TOKEN = os.environ.get("FLAMINGOCK_METRICS_TOKEN", "")
+FLAMINGOCK_METRICS_ALLOWED_IPS = env_list("FLAMINGOCK_METRICS_ALLOWED_IPS")
+#: Seconds after which /health/detail/ reports the last chain verification as too old.
+FLAMINGOCK_HEALTH_VERIFICATION_MAX_AGE = float(os.environ.get("FLAMINGOCK_HEALTH_VERIFICATION_MAX_AGE", str(26 * 3600)))
+
 # --- Celery ------------------------------------------------------------------------------------
 # A run is one task; its heartbeat, not a time limit, keeps it alive. The hard limit is far above
 # the longest expected run and the broker's visibility timeout is above that, so a slow run is
@@ -349,6 +511,15 @@ FLAMINGOCK_RUN_TIME_LIMIT = int(os.environ.get("FLAMINGOCK_RUN_TIME_LIMIT", str(
 FLAMINGOCK_RUN_HEARTBEAT_TIMEOUT = float(os.environ.get("FLAMINGOCK_RUN_HEARTBEAT_TIMEOUT", str(3 * FLAMINGOCK_LOCK["lease_seconds"])))
 #: Seconds a run may stay QUEUED before the reaper queues it again (at most 3 times), then aborts it.
 FLAMINGOCK_RUN_QUEUED_TIMEOUT = float(os.environ.get("FLAMINGOCK_RUN_QUEUED_TIMEOUT", "300"))
+#: Workers (docs/semantics.md, Workers; docs/reliability.md, "Workers know their code"): how often a
+#: worker publishes its heartbeat with its pipeline digest, how long after its last one it still
+#: counts as live, and how often (and how far apart) a worker on other code hands a task back
+#: before the run ends ``no_current_worker``. FLAMINGOCK_VERSION names the deployed release.
+FLAMINGOCK_WORKER_HEARTBEAT_SECONDS = float(os.environ.get("FLAMINGOCK_WORKER_HEARTBEAT_SECONDS", "10"))
+FLAMINGOCK_WORKER_LIVE_SECONDS = float(os.environ.get("FLAMINGOCK_WORKER_LIVE_SECONDS", str(3 * FLAMINGOCK_WORKER_HEARTBEAT_SECONDS)))
+FLAMINGOCK_WORKER_HANDBACKS = int(os.environ.get("FLAMINGOCK_WORKER_HANDBACKS", "5"))
+FLAMINGOCK_WORKER_HANDBACK_COUNTDOWN = float(os.environ.get("FLAMINGOCK_WORKER_HANDBACK_COUNTDOWN", "10"))
+FLAMINGOCK_VERSION = os.environ.get("FLAMINGOCK_VERSION", "")
 
 #: Seconds the broker waits before delivering an unacknowledged task again: always above the time limit.
 FLAMINGOCK_BROKER_VISIBILITY_TIMEOUT = FLAMINGOCK_RUN_TIME_LIMIT + int(os.environ.get("FLAMINGOCK_BROKER_VISIBILITY_MARGIN", "3600"))
@@ -381,7 +552,7 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "flamingock_site.beat:CheckedDatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 #: Tests that exercise a service's own logic may set this; worker tests never do.
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", default=False)

@@ -62,6 +62,17 @@ def django_db_setup(django_db_setup, django_db_blocker):
         dbreset.template_drop()
 
 
+@pytest.fixture(autouse=True)
+def process_cache_cleared():
+    """Each test starts with an empty in-process cache: one test's throttle counts and cached
+    sessions never reach the next. A shared cache (Redis) is never flushed: others use it."""
+    from django.core.cache import caches
+    from django.core.cache.backends.locmem import LocMemCache
+
+    if isinstance(caches["default"], LocMemCache):
+        caches["default"].clear()
+
+
 @pytest.fixture(scope="session")
 def external_pg():
     """A fresh PostgreSQL database on the local server, as an external target (marker strategy)."""

@@ -99,6 +99,7 @@ def _scenario_env(workdir: Path) -> dict[str, str]:
     """The recording's environment: embedded SQLite in a scratch directory and nothing else configured."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("FLAMINGOCK_") and key not in {"DATABASE_URL", "REDIS_URL"}}
     env.update({"FLAMINGOCK_SQLITE_PATH": str(workdir / "flamingock.sqlite3"), "FLAMINGOCK_VAR_DIR": str(workdir / "var")})
+    env["FLAMINGOCK_DEMO"] = "1"  # the scenario is the embedded demo's example pipeline, as ./bin/run starts it
     return env
 
 

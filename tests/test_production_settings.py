@@ -113,7 +113,7 @@ def test_the_production_example_is_production_mode_with_secure_transport(product
     assert "examples.apps.ExamplesConfig" not in values["INSTALLED_APPS"]
 
 
-def test_without_production_mode_nothing_changes_for_the_demo(tmp_path):
+def test_without_production_mode_transport_is_plain_and_the_demo_is_off(tmp_path):
     values = settings_of(
         base_env(tmp_path),
         "FLAMINGOCK_PRODUCTION",
@@ -131,11 +131,24 @@ def test_without_production_mode_nothing_changes_for_the_demo(tmp_path):
     assert values["SECURE_SSL_REDIRECT"] is False
     assert values["SECURE_PROXY_SSL_HEADER"] is None
     assert values["SESSION_COOKIE_SECURE"] is False and values["CSRF_COOKIE_SECURE"] is False
+    # The demo is never on by default, in production mode or not: only an explicit FLAMINGOCK_DEMO=1.
+    assert values["FLAMINGOCK_DEMO"] is False
+    assert "examples.apps.ExamplesConfig" not in values["INSTALLED_APPS"]
+    assert values["FLAMINGOCK_STAGES"] == []
+    result = manage("check", env=base_env(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_demo_runs_only_with_an_explicit_flamingock_demo_1(tmp_path):
+    values = settings_of(
+        base_env(tmp_path, FLAMINGOCK_DEMO="1"), "FLAMINGOCK_DEMO", "INSTALLED_APPS", "FLAMINGOCK_STAGES", "FLAMINGOCK_TARGET_SYSTEMS"
+    )
     assert values["FLAMINGOCK_DEMO"] is True
     assert "examples.apps.ExamplesConfig" in values["INSTALLED_APPS"]
     assert "billing=examples.service_changes.billing" in values["FLAMINGOCK_STAGES"]
-    result = manage("check", env=base_env(tmp_path))
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert "payments-api" in values["FLAMINGOCK_TARGET_SYSTEMS"]
+    for off in ("0", ""):
+        assert settings_of(base_env(tmp_path, FLAMINGOCK_DEMO=off), "FLAMINGOCK_DEMO")["FLAMINGOCK_DEMO"] is False
 
 
 def test_flamingock_production_turns_production_mode_on_outside_a_protected_environment(tmp_path):

@@ -80,6 +80,7 @@ def _base_env(var_dir: Path) -> dict[str, str]:
     # Only the restored database and the fixture's signing key may shape the upgraded instance.
     env = {key: value for key, value in os.environ.items() if not key.startswith("FLAMINGOCK_") and key not in {"DATABASE_URL", "REDIS_URL"}}
     env["FLAMINGOCK_VAR_DIR"] = str(var_dir)
+    env["FLAMINGOCK_DEMO"] = "1"  # the release was recorded with the demo's example pipeline
     env["FLAMINGOCK_AUDIT_SIGNING_KEY_FILE"] = str(FIXTURE / METADATA["audit_signing_key_file"])
     return env
 

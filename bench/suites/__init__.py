@@ -3,6 +3,7 @@
 SUITES = [
     "bench.suites.pipeline_scale",
     "bench.suites.audit_admin",
+    "bench.suites.governance_pages",
     "bench.suites.audit_bulk",
     "bench.suites.run_start",
     "bench.suites.lock_cycles",

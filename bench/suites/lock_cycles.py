@@ -297,7 +297,7 @@ def analyse(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         )
     lines += [
         "",
-        "Round trips are counted on the wire (libpq trace). The product's token is one `nextval` in autocommit; "
+        "Round trips are counted on the wire (libpq trace). The product's token is one statement in autocommit (`nextval` recorded in the fence row); "
         "an audit entry of its own, like a peer's one-row commit, is one statement in autocommit: its own transaction, one round trip. "
         f"Beside the goal: against one-row transactions (BEGIN, INSERT, COMMIT, as psycopg's default connection commits) the "
         f"audited cycle is {ratios['audited_vs_transactions']:.2f}x.",

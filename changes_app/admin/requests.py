@@ -5,8 +5,9 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from changes_app import services
-from changes_app.admin import views
+from changes_app.admin import labels, views
 from changes_app.admin.common import STATUS_COLOURS, ReadOnlyMixin, admin_view, badge
+from changes_app.governance.visibility import change_targets_seen, run_shown
 from changes_app.models import ChangeRequest
 
 
@@ -39,15 +40,30 @@ class ChangeRequestAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def get_queryset(self, request):
         return services.requests_visible(actor=views.actor_of(request)).prefetch_related("approvals")
 
+    def get_object(self, request, object_id, from_field=None):
+        """The request with its run as this user may see it (``visibility.run_shown``). Never saved."""
+        obj = super().get_object(request, object_id, from_field)
+        if obj is not None and obj.run_id:
+            obj.run = run_shown(obj.run, change_targets_seen(request.user))
+        return obj
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
         obj = self.get_object(request, object_id)
         extra = {}
         if obj is not None:
             pending = obj.status == ChangeRequest.Status.PENDING
+            review = services.request_review(request=obj, actor=views.actor_of(request))
             extra = {
-                "decisions": list(obj.approvals.all()),
+                "review": review,
+                "cascade_rows": [(step, labels.label("state", step.state)) for step in review.cascade],
+                "subtitle": f"#{obj.pk} {labels.label('request_kind', obj.kind)} of {obj.change_id}",
+                "kind_label": labels.label("request_kind", obj.kind),
+                "status_label": labels.label("request_status", obj.status),
+                "approvals_count": sum(1 for d in review.decisions if d.decision == "APPROVE"),
+                "decisions": review.decisions,
                 "comments": list(obj.comments.all()),
-                "may_decide": pending and self.may_decide(request, obj),
+                "run_results": views.run_page(request.user, obj.run)["flk_results"] if obj.run_id else [],
+                "may_decide": pending and review.may_decide and self.may_decide(request, obj),
                 "may_cancel": obj.status in (ChangeRequest.Status.PENDING, ChangeRequest.Status.APPROVED)
                 and obj.run_id is None
                 and self.may_cancel(request, obj),
@@ -58,12 +74,12 @@ class ChangeRequestAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):
-        return badge(obj.status, STATUS_COLOURS.get(obj.status, "#757575"))
+        return badge(labels.label("request_status", obj.status), STATUS_COLOURS.get(obj.status, "#757575"))
 
     @admin.display(description="approvals")
     def approvals_given(self, obj):
         given = sum(1 for a in obj.approvals.all() if a.decision == "APPROVE")
-        return f"{given}/{obj.required_approvals}"
+        return f"{given} of {obj.required_approvals}"
 
     @admin.display(description="run")
     def run_link(self, obj):

@@ -1,14 +1,52 @@
 """Target systems in the admin: their policies and object permissions (platform admins)."""
 
+from django import forms
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.urls import path
-from guardian.admin import GuardedModelAdminMixin
+from django.utils.translation import gettext_lazy as _
+from guardian.admin import AdminGroupObjectPermissionsForm, AdminUserObjectPermissionsForm, GuardedModelAdminMixin
 
 from changes_app.admin import views
 from changes_app.admin.common import admin_view
 from changes_app.conf import current_environment
 from changes_app.models import ApprovalPolicy, TargetSystem
+
+#: The two object permissions that govern a target system, first on guardian's screens, each with
+#: what it lets its holder do.
+GOVERNING_PERMISSIONS = {
+    "operate_targetsystem": _(
+        "Operate: run the pipeline and ask for apply, undo, fix, skip and re-apply of this target system's changes "
+        "(performed directly where no policy governs them, otherwise as requests)."
+    ),
+    "approve_targetsystem": _("Approve: approve or reject requests on this target system's changes (never one's own)."),
+}
+
+
+class GoverningPermissionsFirst:
+    """guardian's object-permission form with operate and approve first, each explained, and the
+    generic add, change, delete and view permissions after them, as checkboxes in that order."""
+
+    def get_obj_perms_field_label(self):
+        return _("Permissions on this target system")
+
+    def get_obj_perms_field_choices(self):
+        choices = super().get_obj_perms_field_choices()
+        codenames = {code for code, _name in choices}
+        governing = [(code, label) for code, label in GOVERNING_PERMISSIONS.items() if code in codenames]
+        generic = [(code, _("Generic: %(name)s") % {"name": name}) for code, name in choices if code not in GOVERNING_PERMISSIONS]
+        return [(_("What this person or group may do with changes"), governing), (_("Generic model permissions (rarely needed)"), generic)]
+
+    def get_obj_perms_field_widget(self):
+        return forms.CheckboxSelectMultiple
+
+
+class TargetUserPermissionsForm(GoverningPermissionsFirst, AdminUserObjectPermissionsForm):
+    pass
+
+
+class TargetGroupPermissionsForm(GoverningPermissionsFirst, AdminGroupObjectPermissionsForm):
+    pass
 
 
 @admin.register(TargetSystem)
@@ -34,6 +72,7 @@ class TargetSystemAdmin(GuardedModelAdminMixin, admin.ModelAdmin):
             "may_set_policy": request.user.has_perm("changes_app.change_approvalpolicy"),
             "may_manage_permissions": views.is_platform_admin(request.user),
             "environment": current_environment(),
+            "policy_form": views.PolicyForm(),
             "show_save": False,
             "show_save_and_continue": False,
             "show_save_and_add_another": False,
@@ -73,6 +112,12 @@ class TargetSystemAdmin(GuardedModelAdminMixin, admin.ModelAdmin):
             return view(request, *args, **kwargs)
 
         return screen
+
+    def get_obj_perms_manage_user_form(self, request):
+        return TargetUserPermissionsForm
+
+    def get_obj_perms_manage_group_form(self, request):
+        return TargetGroupPermissionsForm
 
     def obj_perms_manage_view(self, request, object_pk):
         return self._permission_screen(super().obj_perms_manage_view)(request, object_pk)

@@ -15,7 +15,6 @@ from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseRedirect, JsonResponse
-from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -24,15 +23,17 @@ from guardian.shortcuts import get_objects_for_user
 
 from audit_app.services import Actor
 from changes_app import services
-from changes_app.conf import current_environment
+from changes_app.admin import labels
+from changes_app.conf import current_environment, environments_declared
 from changes_app.engine.actions import ACTIONS
 from changes_app.governance.identity import user_actor
 from changes_app.governance.permissions import APPROVE, OPERATE, PermissionRefused, actor_may
-from changes_app.governance.visibility import runs_visible, target_names_seen
+from changes_app.governance.refusals import NOT_VISIBLE, refusal_record
+from changes_app.governance.visibility import change_targets_seen, findings_visible, run_shown, runs_visible, target_names_seen
 from changes_app.models import ChangeRecord, ChangeRequest, Finding, Run, TargetSystem
 from changes_app.pipeline.guidance import issue_details
 from changes_app.pipeline.plan import Action, Plan
-from changes_app.pipeline.rules import Subject
+from changes_app.pipeline.rules import Subject, undo_check
 
 Kind = ChangeRequest.Kind
 
@@ -80,6 +81,15 @@ def plan_or_none(request) -> Plan | None:
         return None
 
 
+def change_plan_or_none(request, change_id: str) -> Plan | None:
+    """The plan as it stands for one change (``services.change_plan``), for its page."""
+    try:
+        return services.change_plan(change_id)
+    except services.PipelineInvalid as invalid:
+        messages.error(request, str(invalid))
+        return None
+
+
 def offered_actions(user, record: ChangeRecord, plan: Plan | None) -> list[tuple[str, str]]:
     """(kind, label) of the actions this user may start on ``record``: those whose rule allows
     them now (``pipeline.rules``, as the services check); a requested apply where the plan holds
@@ -97,7 +107,11 @@ def offered_actions(user, record: ChangeRecord, plan: Plan | None) -> list[tuple
                 offered.append((kind, action.label))
             continue
         try:
-            action.check(subject, action, current_environment())
+            if kind == Kind.UNDO and plan.recorded is not None:
+                # The undo rule, on the states the plan of this page read (``rules.undo_check``).
+                undo_check(record.change_id, recorded=plan.recorded)
+            else:
+                action.check(subject, action, current_environment())
         except services.FlamingockError:
             continue
         offered.append((kind, action.label))
@@ -106,6 +120,25 @@ def offered_actions(user, record: ChangeRecord, plan: Plan | None) -> list[tuple
 
 def _context(model_admin, request, title: str, **extra) -> dict:
     return {**model_admin.admin_site.each_context(request), "opts": model_admin.model._meta, "title": title, **extra}
+
+
+def absent(model_admin, request, object_id, message: str = "", *, hidden: bool = False, action: str = "") -> HttpResponseRedirect:
+    """What every extra page answers for an object that is missing or that the user cannot see,
+    alike (no existence oracle): a warning (by default Django's own for a missing object) and the
+    index, as Django's change view answers. An object that exists but is ``hidden`` from the user
+    is a refusal all the same: recorded as evidence (``access.refused``, reason ``not_visible``),
+    where only the trail's readers see it."""
+    if hidden:
+        refusal_record(
+            reason=NOT_VISIBLE, action=f"admin {action}".strip(), object=f"{model_admin.model._meta.model_name} {object_id}", actor=actor_of(request)
+        )
+    if not message:
+        message = _("%(name)s with ID “%(key)s” doesn’t exist. Perhaps it was deleted?") % {
+            "name": model_admin.model._meta.verbose_name,
+            "key": object_id,
+        }
+    model_admin.message_user(request, message, messages.WARNING)
+    return HttpResponseRedirect(reverse("admin:index", current_app=model_admin.admin_site.name))
 
 
 def _back(model_admin, name: str, *args) -> HttpResponseRedirect:
@@ -163,6 +196,16 @@ def open_findings(user) -> dict | None:
     return {"count": found.count(), "first": list(found[:DASHBOARD_FINDINGS])}
 
 
+def findings_active(user) -> list[dict]:
+    """The drift findings of this environment that still need a human (open or acknowledged) and
+    that ``user`` sees, in words: what Issues, the dashboard and each change's page all list."""
+    found = findings_visible(user).filter(environment=current_environment(), status__in=Finding.ACTIVE).order_by("first_seen", "pk")
+    return [
+        {"finding": f, "label": labels.label("finding_kind", f.kind), "subject": f.change_id or (str(f.run_id) if f.run_id else "") or f.lock_name}
+        for f in found[:200]
+    ]
+
+
 def dashboard_context(request) -> dict:
     """What needs attention, filtered to what the user may see."""
     user = request.user
@@ -179,16 +222,24 @@ def dashboard_context(request) -> dict:
             if stage.blocked_by is not None and (seen is None or stage.blocked_by.change.target in seen)
         ]
     runs = runs_seen(user, Run.objects.all())
+    drift = findings_active(user)
+    for issue in issues:
+        issue["state_label"] = labels.label("state", issue["latest_state"])
     return {
         "flk_dashboard": True,
         "flk_issues": issues,
         "flk_blocked": blocked,
         "flk_awaiting": list(services.requests_awaiting(actor=actor_of(request))[:20]),
-        "flk_failed_runs": list(runs.filter(status__in=[Run.Status.FAILED, Run.Status.ABORTED]).order_by("-created_at")[:10]),
+        # Their status reasons name changes: a hidden change's id is masked (visibility.run_shown).
+        "flk_failed_runs": [
+            run_shown(run, seen) for run in runs.filter(status__in=[Run.Status.FAILED, Run.Status.ABORTED]).order_by("-created_at")[:10]
+        ],
         "flk_lock": services.lock_status(),
         "flk_chart": runs_chart(runs),
         "flk_environment": current_environment(),
         "flk_findings": open_findings(user),
+        "flk_drift": drift,
+        "flk_issue_count": len(issues) + len(drift),
     }
 
 
@@ -212,11 +263,12 @@ def change_action_view(model_admin, request, kind: str, change_id: str):
     if kind not in ACTIONS:
         model_admin.message_user(request, _("Unknown action %(kind)s.") % {"kind": kind}, messages.ERROR)
         return _back(model_admin, "changelist")
-    record = ChangeRecord.objects.filter(change_id=change_id).first()
-    if record is None:
-        model_admin.message_user(request, _("No change %(id)s: nothing was done.") % {"id": change_id}, messages.ERROR)
-        return _back(model_admin, "changelist")
-    if not model_admin.has_view_permission(request, record) or not may_operate(request.user, record.target):
+    # A change the user cannot see answers as a missing one: no existence oracle.
+    record = model_admin.get_queryset(request).filter(change_id=change_id).first()
+    if record is None or not model_admin.has_view_permission(request, record):
+        hidden = record is not None or ChangeRecord.objects.filter(change_id=change_id).exists()
+        return absent(model_admin, request, change_id, _("No change %(id)s: nothing was done.") % {"id": change_id}, hidden=hidden, action=kind)
+    if not may_operate(request.user, record.target):
         raise PermissionDenied
     cascade, refusal = [], ""
     if kind == Kind.UNDO:
@@ -224,6 +276,10 @@ def change_action_view(model_admin, request, kind: str, change_id: str):
             cascade = services.undo_cascade(change_id)
         except services.FlamingockError as error:
             refusal = str(error)
+    try:
+        gate = services.action_preview(kind=kind, change_id=change_id, actor=actor_of(request))
+    except services.FlamingockError as error:
+        gate, refusal = None, refusal or str(error)
     form = ReasonForm(request.POST or None)
     confirming = request.method == "POST" and form.is_valid()
     if confirming and request.POST.get("confirm") == "yes" and not refusal:
@@ -249,6 +305,7 @@ def change_action_view(model_admin, request, kind: str, change_id: str):
             confirming=confirming and not refusal,
             cascade=cascade,
             refusal=refusal,
+            gate=gate,
         ),
     )
 
@@ -280,36 +337,100 @@ def issues_view(model_admin, request):
             continue
         details = issue_details(item)
         details["may_fix"] = may_operate(request.user, item.change.target)
+        details["state_label"] = labels.label("state", details["latest_state"])
         drifted = item.recorded_checksum and item.recorded_checksum != item.change.checksum
+        if item.action == Action.OUT_OF_ORDER:  # never ran: skipping it (or renaming it) is the fix
+            details["fixes"] = [(Kind.SKIP, ACTIONS[Kind.SKIP].label)]
+            issues.append(details)
+            continue
         details["fixes"] = [(Kind.ACCEPT_CHECKSUM, ACTIONS[Kind.ACCEPT_CHECKSUM].label)] if drifted else [
             (Kind.MARK_APPLIED, ACTIONS[Kind.MARK_APPLIED].label),
             (Kind.MARK_ROLLED_BACK, ACTIONS[Kind.MARK_ROLLED_BACK].label),
         ]  # fmt: skip
         issues.append(details)
-    return TemplateResponse(request, "admin/changes_app/issues.html", _context(model_admin, request, _("Issues"), issues=issues))
+    findings = findings_active(request.user)
+    return TemplateResponse(request, "admin/changes_app/issues.html", _context(model_admin, request, _("Issues"), issues=issues, findings=findings))
 
 
 # -- runs ------------------------------------------------------------------------------------------
 
 
+def plan_rows(user, plan: Plan | None) -> tuple[list[dict], list[tuple[str, int]]]:
+    """The plan's changes the user sees, with their next action in words, and how many of each."""
+    seen = targets_seen(user, "changes_app.view_changerecord")
+    rows = [
+        {
+            "stage": item.change.stage,
+            "order": item.change.order,
+            "id": item.change.id,
+            "target": item.change.target,
+            "action": item.action.value,
+            "action_label": labels.label("action", item.action.value),
+            "reason": item.reason,
+        }
+        for item in (plan.items if plan else [])
+        if seen is None or item.change.target in seen
+    ]
+    counts = Counter(row["action"] for row in rows)
+    return rows, [(labels.label("action", action.value), counts[action.value]) for action in Action if counts[action.value]]
+
+
 def run_pipeline_view(model_admin, request):
-    """Queue a run of the pipeline on a worker (operators of at least one target system)."""
-    if request.method != "POST":
-        return _back(model_admin, "changelist")
+    """Run the pipeline with a plan (operators of at least one target system): the plan and a
+    reason, then a confirmation, then the run is queued on a worker."""
     if not operates_any(request.user):
         raise PermissionDenied
-    try:
-        run = services.run_queue(actor=actor_of(request), source=Run.Source.UI)
-    except services.FlamingockError as error:
-        model_admin.message_user(request, str(error), messages.ERROR)
-        return _back(model_admin, "changelist")
-    model_admin.message_user(request, f"Run {run.id} queued.", messages.SUCCESS)
-    return _back(model_admin, "change", run.pk)
+    form = ReasonForm(request.POST or None)
+    confirming = request.method == "POST" and form.is_valid()
+    if confirming and request.POST.get("confirm") == "yes":
+        try:
+            run = services.run_queue(actor=actor_of(request), source=Run.Source.UI, reason=form.cleaned_data["reason"])
+        except services.FlamingockError as error:
+            model_admin.message_user(request, str(error), messages.ERROR)
+            return _back(model_admin, "changelist")
+        model_admin.message_user(request, f"Run {run.id} queued.", messages.SUCCESS)
+        return _back(model_admin, "change", run.pk)
+    plan = plan_or_none(request)
+    rows, summary = plan_rows(request.user, plan)
+    context = _context(
+        model_admin, request, _("Run the pipeline"), form=form, confirming=confirming, rows=rows, summary=summary, plan=plan,
+        environment=current_environment(), will_run=sum(1 for row in rows if row["action"] in (Action.APPLY, Action.RECONCILE)),
+    )  # fmt: skip
+    return TemplateResponse(request, "admin/changes_app/run/run_plan.html", context)
+
+
+def run_page(user, run: Run) -> dict:
+    """What a run's page shows beside its fields: its results in words with links to their
+    changes, its progress, the requests it executed and who approved them."""
+    run = run_shown(run, change_targets_seen(user))
+    records = dict(ChangeRecord.objects.filter(change_id__in={row.get("change_id") for row in run.results}).values_list("change_id", "pk"))
+    results = [
+        {
+            **row,
+            "record_pk": records.get(row.get("change_id")),
+            "action_label": labels.result_action(run.kind, row.get("action", "")),
+            "result_label": labels.label("result", row.get("result", "")),
+        }
+        for row in run.results
+    ]
+    requests = list(run.requests.prefetch_related("approvals").order_by("pk"))
+    approvers = sorted({a.approver_name for r in requests for a in r.approvals.all() if a.decision == "APPROVE"})
+    return {
+        "flk_results": results,
+        "flk_progress": labels.progress_text(run.progress_done, run.progress_total),
+        "flk_status_label": labels.label("run_status", run.status),
+        "subtitle": f"{labels.label('run_kind', run.kind)} {str(run.pk)[:8]} ({labels.label('run_status', run.status).lower()})",
+        "flk_requests": requests,
+        "flk_approvers": approvers,
+        "flk_released": run.kind == Run.Kind.REAPPLY and run.status == Run.Status.SUCCEEDED,
+        "may_run": operates_any(user),
+    }
 
 
 def run_progress_view(model_admin, request, object_id):
-    """The run's progress as JSON, for the live progress bar; the same permission as its page."""
-    run = Run.objects.filter(pk=object_id).first() if _uuid(object_id) else None
+    """The run's progress as JSON, for the live progress bar; the same permission and the same
+    visibility as its page (``RunAdmin.get_object``: hidden changes masked)."""
+    run = model_admin.get_object(request, object_id) if _uuid(object_id) else None
     if run is None or not model_admin.has_view_permission(request, run):
         return JsonResponse({"error": "not found"}, status=404)
     return JsonResponse(
@@ -318,6 +439,8 @@ def run_progress_view(model_admin, request, object_id):
             "finished": run.finished,
             "progress_done": run.progress_done,
             "progress_total": run.progress_total,
+            "progress_text": labels.progress_text(run.progress_done, run.progress_total),
+            "status_label": labels.label("run_status", run.status),
             "current_change": run.current_change,
             "status_reason": run.status_reason,
         }
@@ -325,8 +448,12 @@ def run_progress_view(model_admin, request, object_id):
 
 
 def run_cancel_view(model_admin, request, object_id):
-    run = get_object_or_404(Run, pk=object_id) if _uuid(object_id) else None
-    if request.method != "POST" or run is None:
+    # A run the user cannot see answers as a missing one: no existence oracle.
+    run = model_admin.get_queryset(request).filter(pk=object_id).first() if _uuid(object_id) else None
+    if run is None:
+        hidden = bool(_uuid(object_id)) and Run.objects.filter(pk=object_id).exists()
+        return absent(model_admin, request, object_id, hidden=hidden, action="cancel")
+    if request.method != "POST":
         return _back(model_admin, "changelist")
     if not model_admin.may_cancel(request, run):
         raise PermissionDenied
@@ -354,27 +481,34 @@ class ForceReleaseForm(ReasonForm):
 
 
 def lock_view(model_admin, request):
-    """The lock's holder; platform admins release a stale one (audited)."""
+    """The lock: free, held, or held past its lease; platform admins force-release a held one
+    with a reason, then confirm (audited). A free lock offers no release."""
     user = request.user
     if not (user.has_perm("changes_app.view_locklease") or user.has_perm("changes_app.change_locklease")):
         raise PermissionDenied
     may_release = user.has_perm("changes_app.change_locklease")
     form = ForceReleaseForm(request.POST or None)
+    holder = services.lock_status()
+    confirming = False
     if request.method == "POST":
         if not may_release:
             raise PermissionDenied
         if form.is_valid():
-            try:
-                holder = services.lock_force_release(actor=actor_of(request), reason=form.cleaned_data["reason"])
-            except (services.FlamingockError, PermissionRefused) as error:
-                model_admin.message_user(request, str(error), messages.ERROR)
-            else:
-                model_admin.message_user(request, f"Lock released (held by {holder.holder}, run {holder.run_id}).", messages.SUCCESS)
-            return HttpResponseRedirect(request.path)
+            # A held lock is confirmed first; a free one goes to the service, which says it is not held.
+            confirming = holder is not None and request.POST.get("confirm") != "yes"
+            if not confirming:
+                try:
+                    released = services.lock_force_release(actor=actor_of(request), reason=form.cleaned_data["reason"])
+                except (services.FlamingockError, PermissionRefused) as error:
+                    model_admin.message_user(request, str(error), messages.ERROR)
+                else:
+                    model_admin.message_user(request, f"Lock released (held by {released.holder}, run {released.run_id}).", messages.SUCCESS)
+                return HttpResponseRedirect(request.path)
+    state = "free" if holder is None else ("expired" if holder.expired else "held")
     return TemplateResponse(
         request,
         "admin/changes_app/lock.html",
-        _context(model_admin, request, _("The pipeline lock"), holder=services.lock_status(), may_release=may_release, form=form),
+        _context(model_admin, request, _("The pipeline lock"), holder=holder, state=state, may_release=may_release, form=form, confirming=confirming),
     )
 
 
@@ -390,12 +524,12 @@ def request_decide_view(model_admin, request, object_id):
     """Approve, reject, cancel or comment on a request."""
     if request.method != "POST":
         return _back(model_admin, "change", object_id)
-    change_request = ChangeRequest.objects.select_related("target_system").filter(pk=object_id).first() if str(object_id).isdigit() else None
-    if change_request is None:
-        model_admin.message_user(request, _("No request #%(id)s: nothing was done.") % {"id": object_id}, messages.ERROR)
-        return _back(model_admin, "changelist")
-    if not model_admin.has_view_permission(request, change_request):
-        raise PermissionDenied
+    # A request the user cannot see answers as a missing one: no existence oracle.
+    visible = model_admin.get_queryset(request).select_related("target_system")
+    change_request = visible.filter(pk=object_id).first() if str(object_id).isdigit() else None
+    if change_request is None or not model_admin.has_view_permission(request, change_request):
+        hidden = change_request is not None or (str(object_id).isdigit() and ChangeRequest.objects.filter(pk=object_id).exists())
+        return absent(model_admin, request, object_id, _("No request #%(id)s: nothing was done.") % {"id": object_id}, hidden=hidden, action="decide")
     form = DecisionForm(request.POST)
     if not form.is_valid():
         model_admin.message_user(request, _("Choose approve, reject, cancel or comment."), messages.ERROR)
@@ -433,15 +567,32 @@ def request_decide_view(model_admin, request, object_id):
 # -- target systems ------------------------------------------------------------------------------------
 
 
-class PolicyForm(forms.Form):
-    environment = forms.CharField(max_length=64)
-    required_approvals = forms.IntegerField(min_value=0, max_value=10)
+class PolicyForm(ReasonForm):
+    """The environment is chosen from the declared ones (a typo cannot create a policy); the
+    service refuses any other all the same."""
+
+    environment = forms.ChoiceField(
+        label=_("Environment"),
+        choices=(),
+        error_messages={"invalid_choice": _("%(value)s is not a declared environment (FLAMINGOCK_ENVIRONMENTS); choose one from the list.")},
+    )
+    required_approvals = forms.IntegerField(label=_("Approvals required"), min_value=0, max_value=10, initial=1)
+    field_order = ["environment", "required_approvals", "reason"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["environment"].choices = [(name, name) for name in environments_declared()]
+        self.fields["environment"].initial = current_environment()
 
 
 def policy_view(model_admin, request, object_id):
     """Set the approval policy of a target system in one environment (platform admins)."""
-    target = TargetSystem.objects.filter(pk=object_id).first() if str(object_id).isdigit() else None
-    if request.method != "POST" or target is None:
+    # A target system the user cannot see answers as a missing one: no existence oracle.
+    target = model_admin.get_queryset(request).filter(pk=object_id).first() if str(object_id).isdigit() else None
+    if target is None:
+        hidden = str(object_id).isdigit() and TargetSystem.objects.filter(pk=object_id).exists()
+        return absent(model_admin, request, object_id, hidden=hidden, action="policy")
+    if request.method != "POST":
         return _back(model_admin, "changelist")
     if not request.user.has_perm("changes_app.change_approvalpolicy"):
         raise PermissionDenied
@@ -456,6 +607,7 @@ def policy_view(model_admin, request, object_id):
             environment=form.cleaned_data["environment"],
             required_approvals=form.cleaned_data["required_approvals"],
             actor=actor_of(request),
+            reason=form.cleaned_data["reason"],
         )
     except (services.FlamingockError, PermissionRefused) as error:
         model_admin.message_user(request, str(error), messages.ERROR)

@@ -9,17 +9,22 @@ from django.utils import timezone
 from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import generics, pagination, serializers
+from rest_framework import generics, pagination, permissions, serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit_app.export import FORMATS, ExportFilters, audit_export
-from audit_app.models import AuditEntry, ChangeStateName
+from audit_app.models import AuditEntry, ChangeStateName, VerificationRequest
+from audit_app.types import TrailClosed
+from audit_app.verify_requests import coverage, verify_request, verify_request_status
 from changes_app.api import serializers as s
+from changes_app.api.errors import ApiError
 from changes_app.api.filters import UtcIsoDateTimeFilter
 from changes_app.api.schema import error_responses
 from changes_app.governance import visibility
+from changes_app.governance.identity import user_actor
 from changes_app.services import representations
 
 
@@ -48,9 +53,10 @@ class AuditEntryFilter(filters.FilterSet):
     event = filters.CharFilter()
     state = filters.ChoiceFilter(choices=ChangeStateName.choices)
     environment = filters.CharFilter()
-    target = filters.CharFilter()
+    # Through the side index (audit_app.subjects): governance and drift entries name theirs in details.
+    target = filters.CharFilter(field_name="subject__target")
     stage = filters.CharFilter()
-    change_id = filters.CharFilter()
+    change_id = filters.CharFilter(field_name="subject__change_id")
     actor = filters.CharFilter()
     run_id = filters.UUIDFilter()
     created_at__gte = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
@@ -120,10 +126,42 @@ class AuditEntryList(generics.ListAPIView):
         return super().paginate_queryset(queryset.values(*self.get_serializer_class().columns()))
 
 
-@extend_schema(summary="One audit entry", responses={200: s.AuditEntrySerializer, **error_responses(404)})
+class AuditEntryCoveredSerializer(s.AuditEntrySerializer):
+    """One entry, with the verification and the signed checkpoint that cover it (as its admin page shows)."""
+
+    covered_by = serializers.SerializerMethodField(
+        help_text="The latest verification whose range includes the entry, and the first checkpoint at or after it."
+    )
+
+    class Meta(s.AuditEntrySerializer.Meta):
+        fields = (*s.AuditEntrySerializer.Meta.fields, "covered_by")
+        read_only_fields = fields
+
+    def get_covered_by(self, instance) -> dict:
+        covered = coverage([instance.seq]).get(instance.seq) if instance.seq else None
+        verification, checkpoint = (covered or {}).get("verification"), (covered or {}).get("checkpoint")
+        return {
+            "verification": None
+            if verification is None
+            else {
+                "id": verification.pk,
+                "performed_at": verification.performed_at.isoformat(),
+                "ok": verification.ok,
+                "from_seq": verification.from_seq or 1,
+                "head_seq": verification.head_seq,
+                "first_broken_seq": verification.first_broken_seq,
+            },
+            "checkpoint": None if checkpoint is None else {"id": checkpoint.pk, "seq": checkpoint.seq, "key_id": checkpoint.key_id},
+        }
+
+    def to_representation(self, instance):
+        return {**super().to_representation(instance), "covered_by": self.get_covered_by(instance)}
+
+
+@extend_schema(summary="One audit entry", responses={200: AuditEntryCoveredSerializer, **error_responses(404)})
 class AuditEntryDetail(generics.RetrieveAPIView):
     queryset = AuditEntry.objects.none()
-    serializer_class = s.AuditEntrySerializer
+    serializer_class = AuditEntryCoveredSerializer
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
@@ -186,3 +224,70 @@ class AuditExport(APIView):
         )
         response["Content-Disposition"] = f'attachment; filename="flamingock-audit-{timezone.now():%Y%m%dT%H%M%SZ}.{fmt}"'
         return response
+
+
+# -- verification on request ----------------------------------------------------------------------------
+
+
+class MayVerifyChain(permissions.BasePermission):
+    """ "Verify now", as in the admin: ``audit_app.verify_chain``."""
+
+    message = "You may not verify the audit chain (audit_app.verify_chain)."
+
+    def has_permission(self, request, view):
+        return request.user.has_perm("audit_app.verify_chain")
+
+
+class VerificationRequestSerializer(serializers.Serializer):
+    """A requested verification and how far it has got (the admin's progress view says the same)."""
+
+    id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=VerificationRequest.Status.choices)
+    requested_by = serializers.CharField()
+    requested_at = serializers.DateTimeField(allow_null=True)
+    request_entry_id = serializers.IntegerField(allow_null=True, help_text="The audit.verify_requested entry.")
+    entries_checked = serializers.IntegerField()
+    total = serializers.IntegerField(allow_null=True)
+    percent = serializers.IntegerField()
+    finished = serializers.BooleanField()
+    ok = serializers.BooleanField(allow_null=True)
+    verification_id = serializers.IntegerField(allow_null=True)
+    head_seq = serializers.IntegerField(allow_null=True)
+    first_broken_seq = serializers.IntegerField(allow_null=True)
+    problem = serializers.CharField(allow_blank=True)
+    error = serializers.CharField(allow_blank=True)
+    message = serializers.CharField()
+
+    def to_representation(self, instance: VerificationRequest) -> dict:
+        return verify_request_status(instance)
+
+
+class AuditVerify(APIView):
+    permission_classes = [permissions.IsAuthenticated, MayVerifyChain]
+
+    @extend_schema(
+        summary="Verify the audit chain now, on a worker",
+        description="Records who asked (`audit.verify_requested`) and queues the verification; the result is an `audit.verified` "
+        "entry. While one is queued or running, asking again returns it (200) instead of queueing another (202).",
+        request=None,
+        responses={202: VerificationRequestSerializer, 200: VerificationRequestSerializer, **error_responses(403, 409)},
+    )
+    def post(self, request):
+        try:
+            found, created = verify_request(user=request.user, actor=user_actor(request.user, via="api"))
+        except TrailClosed as closed:
+            raise ApiError("action_refused", str(closed)) from None
+        return Response(VerificationRequestSerializer(found).data, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK)
+
+
+class AuditVerifyStatus(APIView):
+    permission_classes = [permissions.IsAuthenticated, MayVerifyChain]
+
+    @extend_schema(
+        summary="A requested verification's progress and result", responses={200: VerificationRequestSerializer, **error_responses(403, 404)}
+    )
+    def get(self, request, pk: int):
+        found = VerificationRequest.objects.select_related("verification").filter(pk=pk).first()
+        if found is None:
+            raise NotFound("no such verification request")
+        return Response(VerificationRequestSerializer(found).data)

@@ -1,7 +1,8 @@
 """Personal API tokens in the ``Authorization`` header: ``Bearer <key>`` or ``Token <key>``.
 
 Only the key's hash is stored; :func:`changes_app.governance.identity.token_user` finds the active user of a
-valid, unrevoked, unexpired token.
+valid, unrevoked, unexpired token. A token lives at most ``FLAMINGOCK_TOKEN_MAX_LIFETIME_DAYS`` and dies with
+its user's deactivation (docs/sso.md): both answer 401 here, from the next request on.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
+from changes_app.api.throttling import anonymous_throttle_refusal
 from changes_app.governance.permissions import PermissionRefused
 from changes_app.services import requests as approvals
 from changes_app.services import runs as services
@@ -86,6 +87,8 @@ _DRF_CODES = {
 
 def exception_handler(exc, context):
     """DRF's exception handler: every refusal in the one format; anything else is a server error."""
+    # An anonymous caller's refusals count against the anonymous rate (api/throttling.py).
+    exc = anonymous_throttle_refusal(exc, context) or exc
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

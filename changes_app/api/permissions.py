@@ -6,6 +6,7 @@ user may not act on is a 403. The services check every action again against the 
 
 from __future__ import annotations
 
+from django.conf import settings
 from rest_framework import permissions
 
 from changes_app.governance.permissions import OPERATE, target_systems_for
@@ -30,3 +31,11 @@ class MayReleaseLock(permissions.BasePermission):
 
     def has_permission(self, request, view):
         return request.method in permissions.SAFE_METHODS or request.user.has_perm("changes_app.change_locklease")
+
+
+class MayReadSchema(permissions.BasePermission):
+    """The OpenAPI schema and Swagger UI: anyone outside production mode; in production mode only a
+    logged-in user (session or token), since the schema maps the whole attack surface."""
+
+    def has_permission(self, request, view):
+        return not settings.FLAMINGOCK_PRODUCTION or bool(request.user and request.user.is_authenticated)

@@ -8,11 +8,14 @@ different JSON for the same object, and the command line starts without Django R
 
 from __future__ import annotations
 
+import dataclasses
+
 from rest_framework import serializers
 from rest_framework.utils.serializer_helpers import ReturnDict
 
 from audit_app.models import AuditEntry, ChangeStateName
 from changes_app.api.errors import CODES
+from changes_app.governance import visibility
 from changes_app.models import ChangeRequest, Finding, Run, TargetSystem
 from changes_app.pipeline.plan import Action
 from changes_app.services import representations
@@ -117,21 +120,34 @@ class IssueSerializer(serializers.Serializer):
 
 
 class RunSerializer(serializers.ModelSerializer):
+    """A run as the request's user may see it: the results of changes on target systems they cannot
+    see are left out and counted in ``hidden_results`` (``visibility.run_shown``)."""
+
     progress = serializers.SerializerMethodField()
+    hidden_results = serializers.SerializerMethodField()
 
     class Meta:
         model = Run
         fields = (
             "id", "kind", "status", "status_reason", "source", "environment", "actor", "change_id", "reason",
             "created_at", "started_at", "finished_at", "heartbeat_at", "cancel_requested_at", "cancel_requested_by",
-            "progress", "counts", "results",
+            "progress", "counts", "results", "hidden_results",
         )  # fmt: skip
 
     def get_progress(self, run) -> dict[str, int | str]:
         # Declares the field's type for the schema; to_representation gives its value.
         return representations.run_data(run)["progress"]
 
+    def get_hidden_results(self, run) -> int:
+        return representations.hidden_results(run)
+
     def to_representation(self, instance):
+        request = self.context.get("request")
+        if request is not None:
+            # Read once per response (a page of runs shares it): the context is the root's.
+            if "change_targets_seen" not in self.context:
+                self.context["change_targets_seen"] = visibility.change_targets_seen(request.user)
+            instance = visibility.run_shown(instance, self.context["change_targets_seen"])
         return representations.run_data(instance)
 
 
@@ -161,6 +177,31 @@ class RequestSerializer(serializers.ModelSerializer):
         return representations.request_data(instance)
 
 
+class RequestDetailSerializer(RequestSerializer):
+    """A request as an approver decides it: what will run, the undo cascade, the diff since the
+    request, the gate with the eligible approvers, and whether the reader may decide it now."""
+
+    will_run = serializers.JSONField(allow_null=True, help_text="The Python source, or the template's steps with apply, rollback and verify.")
+    undo_cascade = serializers.ListField(child=serializers.DictField(), help_text="An undo: the changes it rolls back, newest first.")
+    undo_refused = serializers.CharField(help_text="Why the undo cannot be done now, if it cannot.")
+    code_checksum = serializers.CharField(allow_null=True, help_text="The change's checksum in the code now.")
+    source_moved = serializers.BooleanField(help_text="The code moved since the request: approving it is refused.")
+    diff = serializers.JSONField(allow_null=True, help_text="The request's stored source against the code (or the applied one, to re-baseline).")
+    gate = serializers.JSONField(help_text="The approval gate as the policy service computes it, with its text.")
+    eligible_approvers = serializers.ListField(child=serializers.CharField(), help_text="Who may decide it (never its requester).")
+    may_decide = serializers.BooleanField(help_text="Whether the reader may approve or reject it now.")
+    why_not = serializers.CharField(help_text="Why the reader may not decide it, in words.")
+
+    class Meta(RequestSerializer.Meta):
+        fields = (
+            *RequestSerializer.Meta.fields, "will_run", "undo_cascade", "undo_refused", "code_checksum", "source_moved", "diff",
+            "gate", "eligible_approvers", "may_decide", "why_not",
+        )  # fmt: skip
+
+    def to_representation(self, instance):
+        return representations.request_review_data(instance)
+
+
 class SubmissionSerializer(serializers.Serializer):
     """A request awaiting approval, a request approved and executed, or (where nothing governs the
     target) the run that performed the action directly."""
@@ -170,6 +211,9 @@ class SubmissionSerializer(serializers.Serializer):
     run = RunSerializer(allow_null=True)
 
     def to_representation(self, instance):
+        request = self.context.get("request")
+        if request is not None and instance.run is not None:
+            instance = dataclasses.replace(instance, run=visibility.run_shown(instance.run, visibility.change_targets_seen(request.user)))
         return representations.submission_data(instance)
 
 
@@ -290,3 +334,41 @@ class DecisionSerializer(serializers.Serializer):
 
 class ReasonSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=5000)
+
+
+class WorkerSerializer(serializers.Serializer):
+    """A worker as its heartbeat said (``services.workers.WorkerView.as_dict``)."""
+
+    name = serializers.CharField()
+    host = serializers.CharField()
+    pid = serializers.IntegerField()
+    environment = serializers.CharField()
+    queue = serializers.CharField()
+    digest = serializers.CharField()
+    version = serializers.CharField()
+    started_at = serializers.DateTimeField()
+    heartbeat_at = serializers.DateTimeField()
+    stopped_at = serializers.DateTimeField(allow_null=True)
+    live = serializers.BooleanField()
+    code = serializers.ChoiceField(choices=["current", "stale", "unknown"])
+
+
+class CurrentPipelineSerializer(serializers.Serializer):
+    digest = serializers.CharField()
+    version = serializers.CharField()
+    recorded_by = serializers.CharField()
+    host = serializers.CharField()
+    pid = serializers.IntegerField(allow_null=True)
+    recorded_at = serializers.DateTimeField()
+
+
+class WorkersSerializer(serializers.Serializer):
+    """The environment's current pipeline and its workers (``services.workers.workers_report``), as
+    the command line's ``workers --json`` prints it."""
+
+    environment = serializers.CharField()
+    current = CurrentPipelineSerializer(allow_null=True)
+    workers = WorkerSerializer(many=True)
+
+    def to_representation(self, instance):
+        return instance

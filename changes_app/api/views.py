@@ -32,7 +32,6 @@ from changes_app.pipeline.guidance import issue_details
 from changes_app.pipeline.plan import Action, Plan, PlanItem
 
 SOURCE = Run.Source.API
-ISSUE_ACTIONS = (Action.MANUAL_INTERVENTION, Action.OUT_OF_ORDER)
 
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
@@ -194,16 +193,14 @@ class IssueList(APIView):
     @extend_schema(summary="Changes that need a human, with guidance", responses={200: s.IssueSerializer(many=True), **error_responses(409)})
     def get(self, request):
         plan, visible = _visible_plan(request)
-        return Response(
-            s.IssueSerializer([issue_details(i) for i in plan.items if i.action in ISSUE_ACTIONS and i.change.target in visible], many=True).data
-        )
+        return Response(s.IssueSerializer([issue_details(i) for i in plan.issues if i.change.target in visible], many=True).data)
 
 
 class IssueDetail(APIView):
     @extend_schema(summary="One issue with its error and step-by-step guidance", responses={200: s.IssueSerializer, **error_responses(404, 409)})
     def get(self, request, change_id: str):
         item = _visible_item(request, change_id)
-        if item.action not in ISSUE_ACTIONS:
+        if not item.needs_human:
             raise Http404
         return Response(s.IssueSerializer(issue_details(item)).data)
 
@@ -247,7 +244,7 @@ class RunList(generics.ListAPIView):
 
         def perform():
             run = services.run_queue(actor=actor_of(request), source=SOURCE, reason=body.validated_data["reason"])
-            return Response(s.RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+            return Response(s.RunSerializer(run, context={"request": request}).data, status=status.HTTP_202_ACCEPTED)
 
         return idempotent(request, perform)
 
@@ -274,7 +271,7 @@ class RunCancel(APIView):
         run = visibility.runs_visible(request.user).filter(pk=pk).first()
         if run is None:
             raise Http404
-        return Response(s.RunSerializer(services.run_cancel(run_id=run.pk, actor=actor_of(request))).data)
+        return Response(s.RunSerializer(services.run_cancel(run_id=run.pk, actor=actor_of(request)), context={"request": request}).data)
 
 
 # -- requests --------------------------------------------------------------------------------------
@@ -347,15 +344,19 @@ class RequestList(generics.ListAPIView):
             done = services.request_submit(
                 kind=data["kind"], change_id=data["change_id"], actor=actor_of(request), reason=data["reason"], source=SOURCE, inline=False
             )
-            return Response(s.SubmissionSerializer(done).data, status=status.HTTP_201_CREATED)
+            return Response(s.SubmissionSerializer(done, context={"request": request}).data, status=status.HTTP_201_CREATED)
 
         return idempotent(request, perform)
 
 
 class RequestDetail(APIView):
-    @extend_schema(summary="A request with its decisions", responses={200: s.RequestSerializer, **error_responses(404)})
+    @extend_schema(
+        summary="A request as an approver decides it: its decisions, what will run, the undo cascade, the diff, the gate and its approvers",
+        responses={200: s.RequestDetailSerializer, **error_responses(404)},
+    )
     def get(self, request, pk: int):
-        return Response(s.RequestSerializer(_visible_request(request, pk)).data)
+        review = services.request_review(request=_visible_request(request, pk), actor=actor_of(request))
+        return Response(s.RequestDetailSerializer(review).data)
 
 
 class _Decide(APIView):
@@ -495,6 +496,18 @@ class LockView(APIView):
     @extend_schema(summary="Who holds the pipeline lock", responses={200: s.LockSerializer, **error_responses()})
     def get(self, request):
         return Response(s.LockSerializer(services.lock_status()).data)
+
+
+# -- workers ---------------------------------------------------------------------------------------
+
+
+class WorkerList(APIView):
+    @extend_schema(
+        summary="The workers of this environment: host, pid, pipeline digest, last heartbeat, current or stale",
+        responses={200: s.WorkersSerializer, **error_responses(403)},
+    )
+    def get(self, request):
+        return Response(s.WorkersSerializer(services.workers_report(user=request.user)).data)
 
 
 class LockRelease(APIView):

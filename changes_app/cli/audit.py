@@ -1,5 +1,5 @@
-"""``audit list|verify|export|verify-export|checkpoint|quarantine``: the trail, read, proven, exported
-and, when a foreign row has closed it, quarantined."""
+"""``audit list|verify|export|verify-export|checkpoint|quarantine|reindex``: the trail, read, proven,
+exported, when a foreign row has closed it quarantined, and its side index of subjects rebuilt."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 
 from audit_app.export import TRAILER_MARK, ExportFilters, audit_export, audit_export_verify
 from audit_app.integrity import audit_verify, checkpoint_write, trail_quarantine, verdict_log, verdict_record
+from audit_app.subjects import subjects_rebuild
 from changes_app import services
 from changes_app.cli import parser
 from changes_app.cli.output import EXIT_INTEGRITY, EXIT_OK, EXIT_USAGE, Exit, Output, table
@@ -153,6 +154,15 @@ def verify_export(out: Output, options) -> int:
     return EXIT_OK if check.ok else EXIT_INTEGRITY
 
 
+def reindex(out: Output, options) -> int:
+    """Rebuild the side index that maps every entry to its target and change (audit_app.subjects):
+    after a restore, or to apply a new rule to old entries. Writes nothing to the trail itself."""
+    reader("audit_app.view_auditentry")
+    indexed = subjects_rebuild()
+    out.emit({"indexed": indexed}, f"the subject index is rebuilt: {indexed} entries indexed")
+    return EXIT_OK
+
+
 ACTIONS = {
     "list": listing,
     "verify": verify,
@@ -160,4 +170,5 @@ ACTIONS = {
     "verify-export": verify_export,
     "checkpoint": checkpoint,
     "quarantine": quarantine,
+    "reindex": reindex,
 }

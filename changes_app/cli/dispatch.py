@@ -29,6 +29,7 @@ SUBCOMMANDS = {
     "audit": "changes_app.cli.audit.audit",
     "lock": "changes_app.cli.lock.lock",
     "token": "changes_app.cli.tokens.token",
+    "workers": "changes_app.cli.workers.workers",
 }
 
 

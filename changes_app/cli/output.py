@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from changes_app.governance.identity import cli_actor
+from changes_app.governance.visibility import actor_change_targets_seen, run_shown
 from changes_app.models import ChangeRequest, Run
 from changes_app.services import ExitCode
 from changes_app.services.representations import run_outcome_data
@@ -61,13 +63,17 @@ class Output:
         self.stderr.write(message)
 
     def run(self, run: Run, notices: list[str] | None = None, request: ChangeRequest | None = None) -> int:
-        """Print a run's outcome and per-change results; its exit code."""
+        """Print a run's outcome and the results of the changes the caller may see (the others are
+        counted in ``hidden_results``, as the API does); its exit code."""
+        run = run_shown(run, actor_change_targets_seen(cli_actor()))
         data = {**({"request_id": request.pk} if request is not None else {}), **run_outcome_data(run)}
         rows = [
             [r["stage"], r["order"], r["change_id"], r["result"], r.get("duration_ms") or "", r.get("error") or r.get("reason", "")]
             for r in run.results
         ]
         text = f"run {run.id}: {run.status}" + (f" ({run.status_reason})" if run.status_reason else "")
+        if run.hidden_results:
+            text += f"\n{run.hidden_results} more change(s) on target systems you cannot see"
         if rows:
             text = table(rows, ["STAGE", "ORDER", "CHANGE", "RESULT", "MS", "DETAIL"]) + "\n" + text
         if notices is not None:

@@ -62,7 +62,7 @@ def add_arguments(parser: CommandParser) -> None:
         p.add_argument("request_id")
         p.add_argument("--comment", default="")
     audit = command("audit", "the audit trail")
-    audit.add_argument("action", choices=["list", "verify", "export", "verify-export", "checkpoint", "quarantine"])
+    audit.add_argument("action", choices=["list", "verify", "export", "verify-export", "checkpoint", "quarantine", "reindex"])
     audit.add_argument("file", nargs="?", help="verify-export: the export file")
     audit.add_argument("--change", help="only this change")
     audit.add_argument("--history", action="store_true", help="every entry, not only the latest per change")
@@ -78,6 +78,7 @@ def add_arguments(parser: CommandParser) -> None:
     audit.add_argument("--offline", action="store_true", help="verify-export: do not compare with the live trail")
     audit.add_argument("--limit", type=int, default=200)
     audit.add_argument("--reason", help="quarantine: why the foreign rows are moved aside (recorded in the trail)")
+    command("workers", "the workers of this environment: host, pid, pipeline digest, last heartbeat, current or stale")
     lock = command("lock", "show or force-release the pipeline lock")
     lock.add_argument("action", choices=["status", "release"])
     lock.add_argument("--reason")
@@ -86,6 +87,7 @@ def add_arguments(parser: CommandParser) -> None:
     token.add_argument("username", nargs="?")
     token.add_argument("--name", default="cli")
     token.add_argument("--id", type=int, help="the token to revoke")
+    token.add_argument("--days", type=float, help="lifetime in days (default and most: FLAMINGOCK_TOKEN_MAX_LIFETIME_DAYS)")
 
 
 def since(value: str) -> datetime:

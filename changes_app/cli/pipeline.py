@@ -11,10 +11,7 @@ from changes_app.governance.identity import cli_actor
 from changes_app.models import Run
 from changes_app.pipeline.discovery import pipeline_load
 from changes_app.pipeline.guidance import issue_details
-from changes_app.pipeline.plan import Action
 from changes_app.services.representations import finding_data, issue_data, plan_list_data
-
-ISSUE_ACTIONS = (Action.MANUAL_INTERVENTION, Action.OUT_OF_ORDER)
 
 
 def plan(out: Output, options) -> int:
@@ -41,6 +38,9 @@ def run(out: Output, options) -> int:
     if options["dry_run"]:
         return plan(out, options)
     if options["run_async"]:
+        warning = services.workers_warning()
+        if warning:
+            out.note(f"warning: {warning}")
         queued = services.run_queue(actor=cli_actor(), source=Run.Source.CLI)
         out.emit({"run_id": str(queued.id), "status": queued.status, "task_id": queued.task_id}, f"queued run {queued.id}")
         return EXIT_OK
@@ -95,7 +95,7 @@ def issues(out: Output, options) -> int:
         item = found.item(options["change_id"])
         if item is None:
             raise Exit(EXIT_USAGE, f"no change {options['change_id']!r} in the pipeline")
-        if item.action not in ISSUE_ACTIONS:
+        if not item.needs_human:
             raise Exit(EXIT_USAGE, f"{item.change.id} is not an issue (next action: {item.action.value})")
         details = issue_details(item)
         text = [
@@ -110,8 +110,8 @@ def issues(out: Output, options) -> int:
         text += ["what to do:"] + [f"  {n}. {step}" for n, step in enumerate(details["guidance"], start=1)]
         out.emit(lambda: issue_data(details), "\n".join(text))
         return EXIT_OK
-    stuck = [i for i in found.items if i.action in ISSUE_ACTIONS]
-    rows = [[i.change.stage, i.change.id, i.change.target, i.latest_state or "-", i.reason] for i in stuck]
+    stuck = found.issues
+    rows = [[i.change.stage, i.change.id, i.change.target, i.latest_state or "-", i.unsettled or i.reason] for i in stuck]
     out.emit(
         lambda: [issue_data(issue_details(i)) for i in stuck],
         table(rows, ["STAGE", "CHANGE", "TARGET", "STATE", "WHY"]) + "\n\nflamingock issues get CHANGE_ID shows what to do" if rows else "no issues",

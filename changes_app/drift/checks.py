@@ -37,6 +37,8 @@ from changes_app.models import ChangeRequest, Finding, Run
 from changes_app.pipeline.discovery import pipeline_load
 from changes_app.pipeline.plan import Action
 from changes_app.services import pipeline_plan, request_submit
+from changes_app.services.schedules import schedule_change_audit
+from changes_app.services.workers import WorkerStale, worker_stale_check, workers_list
 from changes_app.targets.base import target_systems
 
 logger = logging.getLogger("flamingock.drift")
@@ -59,9 +61,13 @@ class Condition:
     stage: str = ""
     run_id: str | None = None
     lock_name: str = ""
+    #: A worker's name (``worker.stale``): the subject when there is no change, run or lock.
+    worker: str = ""
+    #: A periodic task's name (``SCHEDULE_CHANGED``).
+    schedule: str = ""
 
     def fingerprint(self, environment: str) -> str:
-        subject = self.change_id or self.run_id or self.lock_name
+        subject = self.change_id or self.run_id or self.lock_name or self.worker or self.schedule
         return hashlib.sha256(f"{environment}\x1f{self.kind}\x1f{subject}".encode()).hexdigest()
 
 
@@ -183,7 +189,21 @@ def operational_observe() -> Observation:
                 lock_name=f"{holder.name}#{holder.token}",
             )
         )
+    for view in workers_list(live_only=True):
+        if view.code == "stale":
+            seen.conditions.append(
+                _worker_stale_condition(view.worker.name, view.worker.digest, evidence={"host": view.worker.host, "pid": view.worker.pid})
+            )
     return seen
+
+
+def _worker_stale_condition(worker: str, digest: str, *, evidence: dict[str, Any]) -> Condition:
+    return Condition(
+        "worker.stale",
+        f"worker {worker} runs pipeline {digest[:12]}, not the current one: it hands its tasks back and judges nothing",
+        {"worker": worker, "digest": digest, **evidence},
+        worker=worker,
+    )
 
 
 class _ProbeContext:
@@ -270,7 +290,7 @@ _OBSERVERS = {
 #: The kinds each check owns: it resolves only findings of its own kinds.
 _KINDS = {
     Finding.Check.DEFINITION: {"CHECKSUM_MISMATCH", "MISSING_FROM_CODE", "OUT_OF_ORDER"},
-    Finding.Check.OPERATIONAL: {"STALE_STARTED", "DEAD_RUN", "LOCK_PAST_LEASE"},
+    Finding.Check.OPERATIONAL: {"STALE_STARTED", "DEAD_RUN", "LOCK_PAST_LEASE", "worker.stale"},
     Finding.Check.LIVE: {"VERIFY_FAILED", "PROBE_FAILED"},
 }
 
@@ -287,10 +307,56 @@ def drift_check(*, kind: str = "all", actor: Actor = DRIFT_CHECKER) -> DriftRepo
     }.get(kind.lower()) or [kind.upper()]
     if any(name not in _OBSERVERS for name in names):
         raise ActionRefused(f"unknown drift check {kind!r} (definition, operational, live, scheduled or all)")
+    # A stale worker judges nothing (docs/semantics.md, Workers): its task is handed back.
+    worker_stale_check()
     report = DriftReport(checks=[str(name) for name in names])
     for name in names:
         _reconcile(Finding.Check(name), _OBSERVERS[name](), actor=actor, report=report)
     return report
+
+
+def worker_stale_found(*, stale: WorkerStale, task: str, run_id: str | None = None, handbacks: int = 0) -> Finding:
+    """A stale worker gave a task up after handing it back: the ``worker.stale`` finding names it.
+    Opening it judges nothing of the pipeline; a current worker's operational check resolves it
+    once the worker stops or runs the current code."""
+    condition = _worker_stale_condition(
+        stale.worker,
+        stale.digest,
+        evidence={"current": stale.current, "task": task, "handbacks": handbacks, **({"run_id": run_id} if run_id else {})},
+    )
+    finding, _opened = _sighting(
+        Finding.Check.OPERATIONAL,
+        condition,
+        environment=stale.environment,
+        now=timezone.now(),
+        actor=Actor(name=f"worker:{stale.worker}", via="worker"),
+    )
+    return finding
+
+
+def schedule_changed_found(*, actor: Actor, before: dict | None, after: dict | None) -> Finding:
+    """A person disabled, edited or deleted a guarded schedule (the chain verification or a drift
+    check; ``services.schedules.GUARDED_TASKS``): ``schedule.changed`` records who, what, before and
+    after, and a ``SCHEDULE_CHANGED`` finding (one per schedule, reopened by a later change) stays
+    open until someone resolves it; no check resolves it on its own."""
+    subject = after or before or {}
+    with transaction.atomic():
+        change = schedule_change_audit(actor=actor, before=before, after=after)
+        condition = Condition(
+            kind=Finding.Kind.SCHEDULE_CHANGED,
+            summary=f"{actor.name} {change} the schedule {subject.get('name', '')!r} ({subject.get('task', '')})",
+            evidence={
+                "schedule": subject.get("name", ""),
+                "task": subject.get("task", ""),
+                "change": change,
+                "by": actor.name,
+                "before": before,
+                "after": after,
+            },
+            schedule=subject.get("name", "") or str(subject.get("id", "")),
+        )
+        finding, _opened = _sighting(Finding.Check.OPERATIONAL, condition, environment=current_environment(), now=timezone.now(), actor=actor)
+    return finding
 
 
 def _reconcile(check: str, observation: Observation, *, actor: Actor, report: DriftReport) -> None:
@@ -455,4 +521,6 @@ __all__ = [
     "finding_acknowledge",
     "finding_resolve",
     "findings_open",
+    "schedule_changed_found",
+    "worker_stale_found",
 ]

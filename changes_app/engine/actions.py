@@ -28,6 +28,7 @@ from changes_app.pipeline.rules import (
     reapply_check,
     skip_check,
     undo_cascade,
+    undo_check,
 )
 
 Kind = ChangeRequest.Kind
@@ -169,7 +170,7 @@ class ActionKind:
 
 
 def _undo_rule(subject: Subject, action: ActionKind, environment: str) -> None:
-    undo_cascade(subject.change.id)
+    undo_check(subject.change.id)
 
 
 def _fix_rule(subject: Subject, action: ActionKind, environment: str) -> None:

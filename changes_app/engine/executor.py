@@ -30,7 +30,7 @@ from changes_app.locks.base import Holder, Lease, LockBackend, RunCancelled
 from changes_app.models import Run
 from changes_app.pipeline.discovery import Pipeline
 from changes_app.pipeline.plan import PENDING, Action, Plan, PlanItem, plan_build
-from changes_app.targets.base import MarkerConflict, TargetSystem, audit_alias, target_systems
+from changes_app.targets.base import MarkerConflict, TargetSystem, TargetUnavailable, audit_alias, target_systems
 
 logger = logging.getLogger("flamingock.engine")
 MAX_TRACE = 16_000
@@ -56,6 +56,11 @@ class Result:
     SKIPPED = "SKIPPED"
     ABORTED = "ABORTED"
     NOT_PERMITTED = "NOT_PERMITTED"
+
+
+#: How a run's BLOCKED result says that reconciliation itself could not settle the change (the
+#: issues list reads it), as opposed to a change merely waiting behind another.
+UNSETTLED_PREFIXES = ("cannot reconcile: ", "needs a human: ")
 
 
 @dataclass
@@ -552,8 +557,13 @@ class Executor:
                 with target.session(atomic=False) as session:
                     present = change.verify(self.dependencies(item, session))
                 evidence = "verify probe found the effect present" if present else "verify probe found the effect absent or partial"
-        except Exception as error:
+        except TargetUnavailable as error:
+            # Only a failed connection is "unreachable"; a target that answered with an error is not.
             self.results.append(self.result(item, Result.BLOCKED, f"cannot reconcile: target {change.target!r} unreachable: {error}"))
+            return False
+        except Exception as error:
+            why = f"cannot reconcile: target {change.target!r} answered with an error: {type(error).__name__}: {error}"
+            self.results.append(self.result(item, Result.BLOCKED, why))
             return False
         details = {"reconciled": True, "evidence": evidence, "generation": item.generation}
         if present:

@@ -28,9 +28,36 @@ def os_user() -> str:
         return str(os.getuid())
 
 
+class TokenLifetimeRefused(ValueError):
+    """A token's expiry is in the past or beyond the maximum lifetime; nothing was created."""
+
+
+def token_max_lifetime() -> timedelta:
+    return timedelta(days=getattr(settings, "FLAMINGOCK_TOKEN_MAX_LIFETIME_DAYS", 90))
+
+
+def token_expiry(expires_at=None, *, now=None):
+    """The expiry a new token gets: the maximum lifetime when none is asked; refused beyond it."""
+    now = now or timezone.now()
+    latest = now + token_max_lifetime()
+    if expires_at is None:
+        return latest
+    if expires_at <= now:
+        raise TokenLifetimeRefused("a token's expiry must be in the future")
+    if expires_at > latest:
+        days = f"{token_max_lifetime().total_seconds() / 86400:g}"
+        raise TokenLifetimeRefused(
+            f"a token lives at most {days} days (FLAMINGOCK_TOKEN_MAX_LIFETIME_DAYS): choose an expiry before {latest:%Y-%m-%d %H:%M} UTC"
+        )
+    return expires_at
+
+
 def token_create(*, user, name: str, created_by: str, expires_at=None, actor: Actor | None = None) -> tuple[ApiToken, str]:
     """Create a token, audited as a credential granted; the key is returned once, only its hash
-    is stored, and only its prefix reaches the trail."""
+    is stored, and only its prefix reaches the trail. Its expiry is bounded (:func:`token_expiry`)."""
+    expires_at = token_expiry(expires_at)
+    if not user.is_active:
+        raise TokenLifetimeRefused(f"{user.get_username()} is deactivated: a deactivated user gets no token")
     key = ApiToken.generate_key()
     with transaction.atomic():
         token = ApiToken.objects.create(
@@ -40,23 +67,25 @@ def token_create(*, user, name: str, created_by: str, expires_at=None, actor: Ac
     return token, key
 
 
-def token_revoke(*, tokens, actor: Actor) -> list[ApiToken]:
+def token_revoke(*, tokens, actor: Actor, reason: str = "") -> list[ApiToken]:
     """Revoke the active tokens among ``tokens`` (a queryset), each audited as a credential revoked."""
     revoked = []
     with transaction.atomic():
         for token in tokens.select_for_update().filter(revoked_at__isnull=True).select_related("user"):
             token.revoked_at = timezone.now()
-            token.save(update_fields=["revoked_at"])
-            _token_audit("permission.revoked", token, actor)
+            token.revoked_reason = reason
+            token.save(update_fields=["revoked_at", "revoked_reason"])
+            _token_audit("permission.revoked", token, actor, reason=reason)
             revoked.append(token)
     return revoked
 
 
-def _token_audit(event: str, token: ApiToken, actor: Actor) -> None:
+def _token_audit(event: str, token: ApiToken, actor: Actor, *, reason: str = "") -> None:
     audit_record(
         event=event,
         actor=actor,
         environment=settings.FLAMINGOCK_ENVIRONMENT,
+        reason=reason,
         details={
             "credential": "api_token",
             "token_id": token.pk,
@@ -83,7 +112,8 @@ def token_user(key: str):
     token = (
         ApiToken.objects.select_related("user")
         .filter(key_hash=ApiToken.hash_key(key), revoked_at__isnull=True, user__is_active=True)
-        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        # A row without expiry (written around token_create) lives the maximum from its creation.
+        .filter(Q(expires_at__gt=now) | Q(expires_at__isnull=True, created_at__gt=now - token_max_lifetime()))
         .first()
     )
     if token is None:

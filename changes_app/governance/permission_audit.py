@@ -34,6 +34,11 @@ def acting_as(actor: Actor) -> Iterator[None]:
         _acting.reset(token)
 
 
+def acting_actor() -> Actor:
+    """Who the changes made now are attributed to: see :func:`acting_as`."""
+    return _acting.get() or SYSTEM
+
+
 class ActingUserMiddleware:
     """Makes the logged-in user the actor of the permission changes a request makes."""
 

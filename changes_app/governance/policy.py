@@ -4,16 +4,18 @@ approval gate that holds a pending change until an approved request covers its c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from audit_app.models import ChangeState
 from audit_app.services import Actor, audit_record
-from changes_app.conf import current_environment
+from changes_app.conf import current_environment, environments_declared
 from changes_app.definitions import ChangeDefinition
-from changes_app.errors import NotFound, PolicyInvalid
-from changes_app.governance.permissions import PermissionRefused, actor_user, environment_protected
+from changes_app.errors import NotFound, PolicyInvalid, require_reason
+from changes_app.governance.permissions import APPROVE, PermissionRefused, actor_user, environment_protected, users_with
 from changes_app.models import Approval, ApprovalPolicy, ChangeRequest, TargetSystem
 
 Kind = ChangeRequest.Kind
@@ -44,14 +46,26 @@ def approvals_required_for(targets: list[str], environment: str) -> int | None:
     return max(governed) if governed else None
 
 
-def policy_set(*, target_name: str, environment: str, required_approvals: int, actor: Actor) -> ApprovalPolicy:
-    """Set how many approvals actions on a target system need in an environment (audited)."""
-    user = actor_user(actor)
-    if user is None or not user.has_perm("changes_app.change_approvalpolicy"):
-        raise PermissionRefused(f"{actor.name} may not configure approval policies")
+def environment_declared(environment: str) -> str:
+    """``environment`` stripped, refused unless it is one of the declared environments: a typo
+    must not silently create a policy for an environment that does not exist."""
     environment = (environment or "").strip()
     if not environment:
         raise PolicyInvalid("an environment is required")
+    declared = environments_declared()
+    if environment not in declared:
+        raise PolicyInvalid(f"{environment!r} is not a declared environment: choose one of {', '.join(declared)} (FLAMINGOCK_ENVIRONMENTS)")
+    return environment
+
+
+def policy_set(*, target_name: str, environment: str, required_approvals: int, actor: Actor, reason: str) -> ApprovalPolicy:
+    """Set how many approvals actions on a target system need in an environment (audited with
+    the reason given)."""
+    user = actor_user(actor)
+    if user is None or not user.has_perm("changes_app.change_approvalpolicy"):
+        raise PermissionRefused(f"{actor.name} may not configure approval policies")
+    environment = environment_declared(environment)
+    reason = require_reason(reason, error=PolicyInvalid)
     if not isinstance(required_approvals, int) or isinstance(required_approvals, bool) or required_approvals < 0:
         raise PolicyInvalid("the number of required approvals must be a whole number, 0 or more")
     if required_approvals < 1 and environment_protected(environment):
@@ -71,6 +85,7 @@ def policy_set(*, target_name: str, environment: str, required_approvals: int, a
             event="policy.changed",
             actor=actor,
             environment=current_environment(),
+            reason=reason,
             details={"target": target.name, "environment": environment, "previous": previous, "required_approvals": required_approvals},
         )
     return policy
@@ -152,3 +167,62 @@ def approval_evidence(request: ChangeRequest) -> dict:
         "approved_by": approvers,
         "automatic": request.required_approvals == 0,
     }
+
+
+# -- what a governed action will need, said before it is confirmed -----------------------------------
+
+
+def approvers_eligible(*, targets: list[str], environment: str, requester_id: int | None = None) -> list[str]:
+    """The usernames of the active people who may decide an action touching ``targets``: those who
+    hold ``approve`` on every one of them (globally or on the object), never the requester."""
+    names: set[str] | None = None
+    for name in dict.fromkeys(targets):
+        target = TargetSystem.objects.filter(name=name).first()
+        if target is None:
+            return []
+        holders = set(users_with(permission=APPROVE, target=target).exclude(pk=requester_id).values_list("username", flat=True))
+        names = holders if names is None else names & holders
+    return sorted(names or [])
+
+
+@dataclass(frozen=True)
+class GatePreview:
+    """What the policy service will decide for an action: ``required`` is ``None`` where nothing
+    governs it (it runs now), 0 where the policy approves it automatically."""
+
+    targets: tuple[str, ...]
+    environment: str
+    required: int | None
+    approvers: tuple[str, ...]
+
+    @property
+    def runs_now(self) -> bool:
+        return not self.required
+
+    @property
+    def text(self) -> str:
+        where = ", ".join(self.targets)
+        if self.required is None:
+            return f"Runs now: no approval policy for {where} in {self.environment}."
+        if self.required == 0:
+            return f"Runs now: the policy of {where} in {self.environment} approves it automatically (recorded as a request)."
+        who = ", ".join(self.approvers) if self.approvers else "nobody yet (no one holds Approver on it)"
+        return f"Needs {self.required} approval{'s' if self.required != 1 else ''} from: {who} (Approver on {where})."
+
+    def as_dict(self) -> dict:
+        return {
+            "targets": list(self.targets),
+            "environment": self.environment,
+            "required_approvals": self.required,
+            "runs_now": self.runs_now,
+            "eligible_approvers": list(self.approvers),
+            "text": self.text,
+        }
+
+
+def gate_preview(*, targets: list[str], environment: str, requester_id: int | None = None) -> GatePreview:
+    """The approval gate of an action on ``targets``, computed as ``approvals_required_for`` decides it."""
+    targets = list(dict.fromkeys(targets))
+    required = approvals_required_for(targets, environment)
+    approvers = approvers_eligible(targets=targets, environment=environment, requester_id=requester_id) if required else []
+    return GatePreview(tuple(targets), environment, required, tuple(approvers))

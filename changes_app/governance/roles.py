@@ -40,7 +40,8 @@ _SEES_EVERYTHING = (
 
 #: role -> the model permissions its group is created with.
 ROLES: dict[str, tuple[str, ...]] = {
-    COMPLIANCE_OFFICER: _SEES_EVERYTHING,
+    # Verifying the chain now (issue 18) acts on nothing but the trail's own evidence.
+    COMPLIANCE_OFFICER: (*_SEES_EVERYTHING, "audit_app.verify_chain"),
     # Acting on a target system needs its ``operate`` object permission besides these.
     ENGINEER: (*_SEES_WORK, "changes_app.add_run", "changes_app.add_changerequest", "changes_app.add_requestcomment"),
     # Deciding needs the target system's ``approve`` object permission besides these.
@@ -54,6 +55,7 @@ ROLES: dict[str, tuple[str, ...]] = {
         "changes_app.change_locklease",
         "changes_app.change_run",
         "audit_app.add_quarantinedentry",
+        "audit_app.verify_chain",
         "django_celery_beat.*",
         "guardian.*",
         "auth.add_user",

@@ -9,14 +9,22 @@ every row of that model. An inactive or anonymous user sees nothing.
 
 from __future__ import annotations
 
+import copy
+from collections import Counter
+from collections.abc import Iterable
+
 from django.db.models import Q, QuerySet
 from guardian.shortcuts import get_objects_for_user
 
-from audit_app.models import AuditEntry
-from changes_app.governance.permissions import APPROVE, OPERATE
+from audit_app.models import AuditEntry, ChangeState
+from audit_app.services import Actor
+from changes_app.governance.permissions import APPROVE, OPERATE, actor_user, environment_protected
 from changes_app.models import ChangeRecord, ChangeRequest, Finding, Run, TargetSystem
 
 VIEW_TARGET = "changes_app.view_targetsystem"
+VIEW_CHANGE = "changes_app.view_changerecord"
+#: What a run's status reason shows in place of the id of a change the viewer cannot see.
+HIDDEN_CHANGE = "[a change you cannot see]"
 #: Any of these on a target system shows it (and its changes, runs, requests and audit entries).
 SEES_TARGET = (VIEW_TARGET, OPERATE, APPROVE)
 
@@ -94,3 +102,52 @@ def findings_visible(user) -> QuerySet[Finding]:
     if seen is None:
         return Finding.objects.all()
     return Finding.objects.filter(target__in=list(seen), target__gt="")
+
+
+# -- the changes inside a run ------------------------------------------------------------------------
+
+
+def change_targets_seen(user) -> set[str] | None:
+    """The target systems whose changes ``user`` sees (``None``: all of them)."""
+    return target_names_seen(user, VIEW_CHANGE)
+
+
+def actor_change_targets_seen(actor: Actor) -> set[str] | None:
+    """:func:`change_targets_seen` for an actor: the local operator of an unprotected environment
+    (the command line without a token) sees every change, as every other list of the command line."""
+    if actor.user_id is None:
+        return None if not environment_protected() else set()
+    return change_targets_seen(actor_user(actor))
+
+
+def change_ids_hidden(change_ids: Iterable[str], seen: set[str] | None) -> set[str]:
+    """Of ``change_ids``, those a viewer who sees the changes of ``seen`` cannot see; a change whose
+    target system is unknown is hidden too (closed, not open)."""
+    wanted = set(change_ids) - {""}
+    if seen is None or not wanted:
+        return set()
+    targets = dict(ChangeState.objects.filter(change_id__in=wanted).values_list("change_id", "target"))
+    targets.update(ChangeRecord.objects.filter(change_id__in=wanted).values_list("change_id", "target"))
+    return {change_id for change_id in wanted if targets.get(change_id) not in seen}
+
+
+def run_shown(run: Run, seen: set[str] | None) -> Run:
+    """``run`` as a viewer who sees the changes of the target systems ``seen`` (``None``: all) may
+    see it (API, admin, command line): the results of other changes are left out and counted in
+    ``hidden_results``, ``counts`` are those of the results shown, and the ids of hidden changes are
+    masked in the status reason and the current change. A copy: never saved."""
+    shown = copy.copy(run)
+    shown.hidden_results = 0
+    results = run.results or []
+    hidden = change_ids_hidden([row.get("change_id", "") for row in results] + [run.current_change or ""], seen)
+    if not hidden:
+        return shown
+    shown.results = [row for row in results if row.get("change_id") not in hidden]
+    shown.hidden_results = len(results) - len(shown.results)
+    shown.counts = dict(Counter(row.get("result") for row in shown.results))
+    shown.current_change = "" if run.current_change in hidden else run.current_change
+    reason = run.status_reason or ""
+    for change_id in sorted(hidden, key=len, reverse=True):  # longest first: an id inside another stays whole
+        reason = reason.replace(change_id, HIDDEN_CHANGE)
+    shown.status_reason = reason
+    return shown

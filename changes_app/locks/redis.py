@@ -4,8 +4,8 @@ One round trip to Redis to acquire and one to release, as redis-py's own ``Lock`
 one key set with ``NX PX``, whose value names the holder (run, host, process, since) and proves
 ownership; extension and release are scripts that compare that value before they act. Redis may
 restart empty, so the fencing token is never taken from Redis: once the lease is held, the audit
-database issues it (:func:`changes_app.locks.base.fence_issue`: a sequence on PostgreSQL, no commit to
-wait for), and every fenced write is checked there.
+database issues it (:func:`changes_app.locks.base.fence_issue`, which waits for the previous holder's
+fenced transaction to end), and every fenced write is checked there.
 """
 
 from __future__ import annotations

@@ -43,6 +43,10 @@ def issue_guidance(item: PlanItem) -> list[str]:
             "The stage stays blocked until then; other stages go on.",
         ]
     steps = [
+        f"The last run could not settle {change.id} on its own ({item.unsettled}); the next run tries again, "
+        "and until then a person decides from the target."
+    ] if item.unsettled else []  # fmt: skip
+    steps += [
         f"{what} {'started but never finished' if state == S.STARTED else 'failed'} and its outcome on the target is unknown"
         + (" (its strategy is non-transactional: there is no transaction to roll back)." if item.strategy == Strategy.NON_TRANSACTIONAL else "."),
         f"Inspect {change.target!r} for the effect of the change (see {change.path}).{_effects(change)}",
@@ -81,7 +85,7 @@ def issue_details(item: PlanItem) -> dict:
         "strategy": item.strategy.value,
         "latest_state": item.latest_state or None,
         "next_action": item.action.value,
-        "reason": item.reason,
+        "reason": item.unsettled or item.reason,
         "error": (last_error or {}).get("error", ""),
         "rollback_error": (last_error or {}).get("rollback_error", ""),
         "error_entry": (last_error or {}).get("id"),

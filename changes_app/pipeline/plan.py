@@ -26,6 +26,8 @@ class Action(StrEnum):
 
 #: Actions that mean "this run would do something to the target".
 PENDING = frozenset({Action.APPLY, Action.RECONCILE})
+#: Actions that hold their whole stage until a human acts (docs/semantics.md §4).
+HOLDING = frozenset({Action.MANUAL_INTERVENTION, Action.OUT_OF_ORDER})
 
 
 @dataclass
@@ -41,6 +43,9 @@ class PlanItem:
     entry_id: int | None = field(init=False)
     #: Apply generation, keying the marker row of a separate database.
     generation: int = field(init=False)
+    #: For RECONCILE: why the last run could not settle it (the probe found no effect, the target was
+    #: unreachable), while the change has not moved since; "" when no run tried.
+    unsettled: str = field(default="", init=False)
 
     def __post_init__(self):
         self.entry_id = self.state.entry_id if self.state else None
@@ -49,6 +54,11 @@ class PlanItem:
     @property
     def latest_state(self) -> str:
         return self.state.state if self.state else ""
+
+    @property
+    def needs_human(self) -> bool:
+        """An issue: its stage is held until a person acts, or the last run could not reconcile it."""
+        return self.action in HOLDING or (self.action == Action.RECONCILE and bool(self.unsettled))
 
     def as_dict(self) -> dict[str, Any]:
         change = self.change
@@ -86,6 +96,8 @@ class Plan:
     missing: list[ChangeState] = field(default_factory=list)
     #: The pipeline's notices (stages left out because their target system is disabled).
     notices: list[str] = field(default_factory=list)
+    #: ``change_plan`` only: every recorded state and checksum by change id, as it read them.
+    recorded: dict[str, tuple[str, str]] | None = field(default=None, repr=False)
 
     @property
     def items(self) -> list[PlanItem]:
@@ -96,7 +108,8 @@ class Plan:
 
     @property
     def issues(self) -> list[PlanItem]:
-        return [item for item in self.items if item.action == Action.MANUAL_INTERVENTION]
+        """Every change that needs a human: the one list the admin, the API and the CLI show."""
+        return [item for item in self.items if item.needs_human]
 
     def count(self, *actions: Action) -> int:
         return sum(1 for item in self.items if item.action in actions)
@@ -195,7 +208,7 @@ def plan_build(
 
 def _hold_stage(stage: StagePlan, approval_needed) -> None:
     """A change needing a human blocks its whole stage; a change awaiting approval holds the rest."""
-    blocker = next((item for item in stage.items if item.action in (Action.MANUAL_INTERVENTION, Action.OUT_OF_ORDER)), None)
+    blocker = next((item for item in stage.items if item.action in HOLDING), None)
     if blocker is not None:
         stage.blocked_by = blocker
         for item in stage.items:

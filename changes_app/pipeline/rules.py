@@ -7,6 +7,8 @@ writes anything.
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from audit_app.models import APPLIED_STATES, ChangeState
@@ -45,21 +47,74 @@ def subject_of(change_id: str, *, pipeline: Pipeline | None = None) -> Subject:
     return Subject(change, ChangeState.objects.filter(change_id=change_id).first(), strategy)
 
 
-def undo_cascade(change_id: str, *, pipeline: Pipeline | None = None) -> list[Subject]:
-    """The changes an undo of ``change_id`` rolls back, newest first; refuses with the reason."""
+def undo_check(
+    change_id: str, *, pipeline: Pipeline | None = None, recorded: Mapping[str, tuple[str, str]] | None = None
+) -> tuple[Subject, list[ChangeDefinition]]:
+    """Whether ``change_id`` may be undone now: the change and the changes of its stage the undo
+    rolls back (itself and every later applied one, in stage order); refuses with the reason.
+
+    Reads the applied states' ids and checksums only, so that asking (every change page offers
+    undo or not) costs one light query at any size of stage; ``recorded`` (state and checksum by
+    change id, as :func:`changes_app.services.plan.change_plan` read them for the same page) saves it."""
     pipeline = pipeline or pipeline_load()
     subject = subject_of(change_id, pipeline=pipeline)
     if subject.state is None or subject.state.state not in APPLIED_STATES:
         raise ActionRefused(f"{change_id} is not applied (latest state: {subject.state_name or 'none'}); nothing to undo")
     stage = next(stage for stage in pipeline.stages if stage.name == subject.change.stage)
-    states = {row.change_id: row for row in ChangeState.objects.filter(change_id__in=[c.id for c in stage.changes])}
+    if recorded is None:
+        recorded = {
+            key: (S.APPLIED, checksum) for key, checksum in ChangeState.objects.filter(state__in=APPLIED_STATES).values_list("change_id", "checksum")
+        }
+    applied_names, order, without = frozenset(map(str, APPLIED_STATES)), subject.change.order, _without_rollback(pipeline)
+    later, drifted, missing = [], [], []
+    for change in stage.changes:
+        row = recorded.get(change.id)
+        if row is None or row[0] not in applied_names or change.order < order:
+            continue
+        later.append(change)
+        if row[1] and row[1] != change.checksum:
+            drifted.append(change.id)
+        if change.id in without:
+            missing.append(change.id)
+    if drifted:
+        drifted.reverse()
+        raise ActionRefused(f"undo refused while the checksum has drifted: {', '.join(drifted)} (accept the checksum or revert the edit first)")
+    if missing:
+        missing.reverse()
+        raise ActionRefused(
+            f"undo refused: {', '.join(missing)} has no rollback (undoing {change_id} must undo every later applied change of its stage)"
+        )
+    return subject, later
+
+
+#: The pipeline last asked about, and the ids of its changes without a rollback.
+_rollback_less: tuple[weakref.ref, frozenset[str]] | None = None
+
+
+def _without_rollback(pipeline: Pipeline) -> frozenset[str]:
+    """The ids of the changes of ``pipeline`` that have no rollback, worked out once per pipeline
+    (a loaded pipeline does not change; reloading makes a new one)."""
+    global _rollback_less
+    known = _rollback_less
+    if known is None or known[0]() is not pipeline:
+        known = (weakref.ref(pipeline), frozenset(change.id for change in pipeline.by_id.values() if not change.has_rollback))
+        _rollback_less = known
+    return known[1]
+
+
+def undo_cascade(change_id: str, *, pipeline: Pipeline | None = None) -> list[Subject]:
+    """The changes an undo of ``change_id`` rolls back, newest first; refuses with the reason."""
+    pipeline = pipeline or pipeline_load()
+    subject, later = undo_check(change_id, pipeline=pipeline)
+    states = {row.change_id: row for row in ChangeState.objects.filter(change_id__in=[c.id for c in later])}
     targets = target_systems()
     cascade = [
         Subject(change, states[change.id], targets[change.target].strategy(transactional=change.transactional))
-        for change in stage.changes
-        if change.order >= subject.change.order and change.id in states and states[change.id].state in APPLIED_STATES
+        for change in later
+        if change.id in states and states[change.id].state in APPLIED_STATES
     ]
     cascade.reverse()
+    # The rows as read now decide (a state may have moved since the check).
     drifted = [s.change.id for s in cascade if s.state.checksum and s.state.checksum != s.change.checksum]
     if drifted:
         raise ActionRefused(f"undo refused while the checksum has drifted: {', '.join(drifted)} (accept the checksum or revert the edit first)")

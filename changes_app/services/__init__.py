@@ -8,6 +8,7 @@
 - ``runs``: record, claim, execute, finish, reap and cancel runs;
 - ``actions``: undo, fix, skip, re-apply and accept-checksum performed directly;
 - ``requests``: governed actions as requests, decided by approvers;
+- ``workers``: the workers' heartbeats and code, and the current pipeline they are judged against;
 - ``notifications``, ``schedules``, ``lock``, ``idempotency``, ``queue``.
 
 This module re-exports the public names so that an interface needs one import.
@@ -32,7 +33,7 @@ from changes_app.services.actions import change_accept_checksum, change_act, cha
 from changes_app.services.catalogue import catalogue_sync, target_systems_sync
 from changes_app.services.ledger import ledger_entries
 from changes_app.services.lock import lock_force_release, lock_status
-from changes_app.services.plan import ExitCode, Validation, pipeline_plan, pipeline_validate
+from changes_app.services.plan import ExitCode, Validation, change_plan, pipeline_plan, pipeline_validate
 from changes_app.services.requests import (
     Submission,
     request_approve,
@@ -47,7 +48,10 @@ from changes_app.services.requests import (
     requests_expire,
     requests_visible,
 )
+from changes_app.services.reviews import RequestReview, action_preview, request_review
 from changes_app.services.runs import run_cancel, run_claim, run_create, run_execute, run_finished, run_queue, run_start, runs_reap
+from changes_app.services.sources import change_script, source_diff, source_of, source_store
+from changes_app.services.workers import WorkerStale, pipeline_current, pipeline_current_record, workers_list, workers_report, workers_warning
 
 __all__ = [
     "ActionRefused",
@@ -64,18 +68,22 @@ __all__ = [
     "RequestStale",
     "SelfDecisionRefused",
     "Submission",
+    "RequestReview",
     "Validation",
+    "action_preview",
     "approvals_required",
     "catalogue_sync",
     "change_accept_checksum",
     "change_act",
     "change_fix",
     "change_reapply",
+    "change_script",
     "change_skip",
     "change_undo",
     "ledger_entries",
     "lock_force_release",
     "lock_status",
+    "change_plan",
     "pipeline_plan",
     "pipeline_validate",
     "policy_set",
@@ -89,6 +97,7 @@ __all__ = [
     "request_submit",
     "requests_awaiting",
     "requests_expire",
+    "request_review",
     "requests_visible",
     "run_cancel",
     "run_claim",
@@ -98,6 +107,15 @@ __all__ = [
     "run_queue",
     "run_start",
     "runs_reap",
+    "source_diff",
+    "source_of",
+    "source_store",
     "target_systems_sync",
     "undo_cascade",
+    "WorkerStale",
+    "pipeline_current",
+    "pipeline_current_record",
+    "workers_list",
+    "workers_report",
+    "workers_warning",
 ]

@@ -11,6 +11,7 @@ from changes_app.engine.actions import ACTIONS, FIX_KINDS, Kind
 from changes_app.errors import ActionRefused, require_reason
 from changes_app.governance.permissions import target_operate_check
 from changes_app.governance.policy import approvals_required
+from changes_app.governance.refusals import refusals_recorded
 from changes_app.models import Run
 from changes_app.pipeline.rules import Subject, subject_of, undo_cascade
 from changes_app.services.runs import run_start
@@ -28,6 +29,7 @@ def _operate_check(actor: Actor, subjects: list[Subject]) -> None:
         raise ActionRefused(f"approval policies govern {', '.join(governed)} in {current_environment()}: request this action instead")
 
 
+@refusals_recorded("{kind}", object="change {change_id}")
 def change_act(*, kind: str, change_id: str, actor: Actor, reason: str, source: str) -> Run:
     """Perform the action of request kind ``kind`` directly: its rule, the actor's permission on
     every target it touches (an undo's cascade included), then its run in this process."""

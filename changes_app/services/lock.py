@@ -8,6 +8,7 @@ from audit_app.services import Actor, audit_record
 from changes_app.conf import current_environment
 from changes_app.errors import ActionRefused, require_reason
 from changes_app.governance.permissions import PermissionRefused
+from changes_app.governance.refusals import refusals_recorded
 from changes_app.locks.backends import lock_backend_shared
 
 
@@ -15,6 +16,7 @@ def lock_status():
     return lock_backend_shared().holder()
 
 
+@refusals_recorded("lock.force_release", object="pipeline lock")
 def lock_force_release(*, actor: Actor, reason: str):
     reason = require_reason(reason)
     if actor.user_id is not None:

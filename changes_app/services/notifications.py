@@ -14,6 +14,7 @@ from django.db import transaction
 from django.dispatch import receiver
 
 from audit_app.models import ChangeState
+from audit_app.redaction import redact
 from changes_app.governance.permissions import APPROVE, OPERATE, users_with
 from changes_app.models import ChangeRecord, ChangeRequest, Run, TargetSystem
 from changes_app.services.runs import run_finished
@@ -43,8 +44,11 @@ def admin_url(path: str) -> str:
 
 
 def mail_each(subject: str, body: str, recipients: list[str]) -> int:
+    """Send one message per recipient; its subject and body pass the redaction whole, so no reason,
+    comment or error quoted in a mail carries a secret (the stored texts already do not)."""
     if not recipients:
         return 0
+    subject, body = redact(subject), redact(body)
     # One message per recipient: nobody learns who else was told.
     return send_mass_mail([(subject, body, None, [address]) for address in recipients], fail_silently=False)
 

@@ -10,14 +10,15 @@ from typing import Any
 
 from django.conf import settings
 
+from audit_app.models import APPLIED_STATES, ChangeState, ChangeStateName
 from audit_app.services import change_states
 from changes_app.conf import current_environment
 from changes_app.definitions import ChangeDefinition
-from changes_app.engine.executor import strategies_for
+from changes_app.engine.executor import UNSETTLED_PREFIXES, Result, strategies_for
 from changes_app.errors import PipelineInvalid
 from changes_app.governance.policy import approval_gate
-from changes_app.models import Finding
-from changes_app.pipeline.discovery import Pipeline, pipeline_load
+from changes_app.models import Finding, Run
+from changes_app.pipeline.discovery import Pipeline, Stage, pipeline_load
 from changes_app.pipeline.plan import Action, Plan, plan_build
 from changes_app.services.representations import validation_data
 from changes_app.targets.base import target_systems
@@ -33,7 +34,7 @@ def pipeline_plan(*, pipeline: Pipeline | None = None) -> Plan:
     pipeline = pipeline or pipeline_load()
     if not pipeline.valid:
         raise PipelineInvalid(pipeline)
-    return plan_build(
+    plan = plan_build(
         pipeline=pipeline,
         states=change_states(),
         environment=current_environment(),
@@ -41,6 +42,86 @@ def pipeline_plan(*, pipeline: Pipeline | None = None) -> Plan:
         out_of_order=settings.FLAMINGOCK_OUT_OF_ORDER,
         approval_needed=approval_hook(),
     )
+    reconcile_outcomes_mark(plan)
+    return plan
+
+
+def change_plan(change_id: str, *, pipeline: Pipeline | None = None) -> Plan:
+    """The plan as it stands for one change (its page), without resolving the whole pipeline.
+
+    ``plan_build`` runs on the change's stage minus the changes that cannot move its item: a change
+    whose state is applied with the code's checksum (or skipped) resolves to SKIP, neither holds its
+    stage nor waits for approval, and counts only through the newest applied order, which stays in.
+    So ``plan.item(change_id)``, its action, reason and state, and whether it is an issue, are those
+    of :func:`pipeline_plan`; the other items are not all there. Reads the states' three columns
+    once, then the full rows of what stays (issue 18: the change page at 10,000 changes)."""
+    pipeline = pipeline or pipeline_load()
+    if not pipeline.valid:
+        raise PipelineInvalid(pipeline)
+    change = pipeline.by_id.get(change_id)
+    stage = next((stage for stage in pipeline.stages if change is not None and stage.name == change.stage), None)
+    if stage is None:
+        return Plan(environment=current_environment(), digest=pipeline.digest, stages=[], notices=list(pipeline.notices))
+    recorded = {key: (state, checksum) for key, state, checksum in ChangeState.objects.values_list("change_id", "state", "checksum")}
+    applied, skipped = frozenset(map(str, APPLIED_STATES)), str(ChangeStateName.SKIPPED)
+    kept, newest = [], None  # positions in the stage of what stays; the newest applied change
+    for position, other in enumerate(stage.changes):
+        row = recorded.get(other.id)
+        if row is None or other is change:
+            kept.append(position)
+        if row is None:
+            continue
+        if row[0] in applied:
+            if newest is None or other.order > stage.changes[newest].order:
+                newest = position
+            if row[1] and row[1] != other.checksum:
+                kept.append(position)
+        elif row[0] != skipped:
+            kept.append(position)
+    kept = {*kept, *([newest] if newest is not None else [])}
+    changes = [stage.changes[position] for position in sorted(kept)]
+    part = Pipeline(stages=[Stage(name=stage.name, package=stage.package, changes=changes)], problems=[])
+    states = {row.change_id: row for row in ChangeState.objects.filter(change_id__in=[other.id for other in changes if other.id in recorded])}
+    plan = plan_build(
+        pipeline=part,
+        states=states,
+        environment=current_environment(),
+        strategies=strategies_for(part, target_systems()),
+        out_of_order=settings.FLAMINGOCK_OUT_OF_ORDER,
+        approval_needed=approval_hook(),
+    )
+    reconcile_outcomes_mark(plan)
+    plan.digest, plan.notices, plan.missing, plan.recorded = pipeline.digest, list(pipeline.notices), [], recorded
+    return plan
+
+
+def reconcile_outcomes_mark(plan: Plan) -> None:
+    """Mark each RECONCILE that the newest run to try it could not settle (``PlanItem.unsettled``).
+
+    The plan never touches a target, so a verify probe that found no effect, or a target that could
+    not be reached, is known only from the run that tried: its BLOCKED result, after the change's
+    latest entry, makes the change an issue until it moves (a fix, or a later run that settles it).
+    """
+    waiting = {item.change.id: item for item in plan.items if item.action == Action.RECONCILE and item.state is not None}
+    if not waiting:
+        return
+    since = min(item.state.updated_at for item in waiting.values())
+    runs = (
+        Run.objects.filter(environment=plan.environment, started_at__gte=since, finished_at__isnull=False)
+        .order_by("-started_at")
+        .values_list("started_at", "results")
+    )
+    for started_at, results in runs.iterator():
+        for row in results:
+            item = waiting.get(row.get("change_id"))
+            if item is None or row.get("action") != Action.RECONCILE or started_at < item.state.updated_at:
+                continue
+            del waiting[item.change.id]  # the newest attempt decides
+            reason = row.get("reason") or ""
+            if row.get("result") == Result.BLOCKED and reason.startswith(UNSETTLED_PREFIXES):
+                item.unsettled = reason
+        if not waiting:
+            return
 
 
 class ExitCode(IntEnum):

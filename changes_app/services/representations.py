@@ -26,6 +26,7 @@ from changes_app.pipeline.plan import Action, Plan, PlanItem
 if TYPE_CHECKING:
     from changes_app.services.plan import Validation
     from changes_app.services.requests import Submission
+    from changes_app.services.reviews import RequestReview
 
 #: The lock holder's fields, in the order the API gives them.
 HOLDER_FIELDS = ("name", "run_id", "holder", "host", "pid", "token", "since", "expires_at", "expired")
@@ -156,6 +157,8 @@ def issue_data(details: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_data(run: Run) -> dict[str, Any]:
+    """A run; pass it through ``governance.visibility.run_shown`` first, so that a viewer gets only
+    the results of changes they may see and ``hidden_results`` counts the others."""
     zone_now = zone()
     return {
         "id": str(run.id),
@@ -176,7 +179,13 @@ def run_data(run: Run) -> dict[str, Any]:
         "progress": {"done": run.progress_done, "total": run.progress_total, "current_change": run.current_change},
         "counts": run.counts,
         "results": run.results,
+        "hidden_results": hidden_results(run),
     }
+
+
+def hidden_results(run: Run) -> int:
+    """How many results of ``run`` the viewer cannot see (set by ``visibility.run_shown``)."""
+    return getattr(run, "hidden_results", 0)
 
 
 def run_outcome_data(run: Run) -> dict[str, Any]:
@@ -193,6 +202,7 @@ def run_outcome_data(run: Run) -> dict[str, Any]:
         "actor": run.actor,
         "counts": run.counts,
         "results": run.results,
+        "hidden_results": hidden_results(run),
         "started_at": datetime_text(run.started_at, zone_now),
         "finished_at": datetime_text(run.finished_at, zone_now),
     }
@@ -223,6 +233,13 @@ def request_data(request: ChangeRequest) -> dict[str, Any]:
         "expires_at": datetime_text(request.expires_at, zone_now),
         "run_id": _text(request.run_id),
     }
+
+
+def request_review_data(review: RequestReview) -> dict[str, Any]:
+    """A request as an approver decides it (``services.reviews``): the request, what will run, the
+    undo cascade, the diff since the request, the approval gate with the eligible approvers, and
+    whether the reader may decide it now (and why not)."""
+    return {**request_data(review.request), **review.as_dict()}
 
 
 def submission_data(submission: Submission) -> dict[str, Any]:

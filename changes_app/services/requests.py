@@ -37,6 +37,7 @@ from changes_app.errors import (
     RequestRefused,
     RequestStale,
     require_reason,
+    typed_text,
 )
 from changes_app.governance import visibility
 from changes_app.governance.permissions import (
@@ -52,6 +53,7 @@ from changes_app.governance.permissions import (
     target_systems_for,
 )
 from changes_app.governance.policy import apply_approval, approval_evidence, approvals_required_for
+from changes_app.governance.refusals import refusals_recorded
 from changes_app.models import Approval, ChangeRequest, RequestComment, Run, TargetSystem
 from changes_app.pipeline.discovery import Pipeline, pipeline_load
 from changes_app.pipeline.rules import subject_of, undo_cascade
@@ -176,6 +178,7 @@ def _is_requester(request: ChangeRequest, actor: Actor) -> bool:
 # -- requests --------------------------------------------------------------------------------------
 
 
+@refusals_recorded("request {kind}", object="change {change_id}")
 def request_create(*, kind: str, change_id: str, actor: Actor, reason: str, source: str = Run.Source.UI) -> ChangeRequest:
     """Request a governed action on a change; approved at once (and recorded so) where the policy
     requires no approval. Refuses, writing nothing, what could not be done or by this actor."""
@@ -284,6 +287,7 @@ def request_submit(*, kind: str, change_id: str, actor: Actor, reason: str, sour
     return Submission(request, None)
 
 
+@refusals_recorded("request.approve", object="request #{request_id}")
 def request_approve(*, request_id: int, actor: Actor, comment: str = "", inline: bool = False) -> ChangeRequest:
     """Record one approval; the last one needed approves the request, which is then executed (on a
     worker, or with ``inline`` in this process)."""
@@ -297,13 +301,14 @@ def request_approve(*, request_id: int, actor: Actor, comment: str = "", inline:
     return request
 
 
+@refusals_recorded("request.reject", object="request #{request_id}")
 def request_reject(*, request_id: int, actor: Actor, comment: str = "") -> ChangeRequest:
     """Reject a request: one rejection by an approver ends it."""
     return _request_decide(request_id=request_id, actor=actor, decision=Approval.Decision.REJECT, comment=comment)
 
 
 def _request_decide(*, request_id: int, actor: Actor, decision: str, comment: str) -> ChangeRequest:
-    comment = (comment or "").strip()
+    comment = typed_text(comment)
     pipeline = pipeline_load()
     with transaction.atomic():
         request = _locked(request_id)
@@ -351,9 +356,10 @@ def _request_decide(*, request_id: int, actor: Actor, decision: str, comment: st
     return request
 
 
+@refusals_recorded("request.cancel", object="request #{request_id}")
 def request_cancel(*, request_id: int, actor: Actor, comment: str = "") -> ChangeRequest:
     """Withdraw a request that has not been executed; only its requester may."""
-    comment = (comment or "").strip()
+    comment = typed_text(comment)
     with transaction.atomic():
         request = _locked(request_id)
         if not _is_requester(request, actor):
@@ -367,9 +373,10 @@ def request_cancel(*, request_id: int, actor: Actor, comment: str = "") -> Chang
     return request
 
 
+@refusals_recorded("request.comment", object="request #{request_id}")
 def request_comment(*, request_id: int, actor: Actor, body: str) -> RequestComment:
     """Add a remark to a request: its requester, and the target's operators and approvers, may."""
-    body = (body or "").strip()
+    body = typed_text(body)
     if not body:
         raise RequestRefused("a comment cannot be empty")
     with transaction.atomic():

@@ -30,6 +30,15 @@ from changes_app.pipeline.discovery import pipeline_load
 from changes_app.services.catalogue import catalogue_sync
 from changes_app.services.plan import approval_hook
 from changes_app.services.queue import task_send
+from changes_app.services.workers import (
+    NO_CURRENT_WORKER,
+    WorkerStale,
+    pipeline_current,
+    pipeline_current_record,
+    worker_process_name,
+    worker_stale_check,
+    workers_running,
+)
 
 logger = logging.getLogger("flamingock.services")
 
@@ -49,9 +58,12 @@ def run_create(
 ) -> Run:
     """Record a QUEUED run (before any task is queued for it). ``with_task``: its task will carry
     the run's id (``run_queue``), recorded by the same INSERT."""
+    reason = redact(reason)  # typed by a person (the API's and the CLI's run reason): no secret is kept
     pipeline = pipeline_load()
     if not pipeline.valid:
         raise PipelineInvalid(pipeline)
+    if not with_task:  # run_queue recorded it already, outside its transaction
+        _pipeline_record_from_web(source, pipeline)
     # No savepoint: inside run_queue's transaction the run and its entry commit or vanish together.
     with transaction.atomic(savepoint=False):
         run = Run(
@@ -87,6 +99,14 @@ def run_create(
     return run
 
 
+def _pipeline_record_from_web(source: str, pipeline) -> None:
+    """The web process (the admin, the API) is current by definition: queueing a run records its
+    pipeline as the environment's current one and mirrors the catalogue. The command line does not:
+    a shell whose environment differs from the deploy's must not make the workers stale."""
+    if source in (Run.Source.UI, Run.Source.API):
+        pipeline_current_record(recorded_by="web", pipeline=pipeline, catalogue=True)
+
+
 def run_claim(*, run_id: uuid.UUID) -> Run | None:
     """Move a QUEUED run to RUNNING; a duplicate or redelivered execution gets ``None``.
 
@@ -116,7 +136,11 @@ def _executing_actor(run: Run) -> Actor:
 
 
 def run_execute(*, run_id: uuid.UUID) -> Run:
-    """Claim and execute a queued run in this process. Returns the finished run."""
+    """Claim and execute a queued run in this process. Returns the finished run.
+
+    On a stale worker (docs/semantics.md, Workers) it raises :class:`WorkerStale` before the claim:
+    the run stays QUEUED, for its task to be handed back."""
+    worker_stale_check()
     pipeline = pipeline_load()
     # The claim, the catalogue and ``run.started`` commit together: one commit before the lock, and
     # a worker that dies inside leaves the run QUEUED (queued again), outside it RUNNING (reaped).
@@ -127,7 +151,10 @@ def run_execute(*, run_id: uuid.UUID) -> Run:
         actor = _executing_actor(run)
         skewed = bool(run.pipeline_digest) and pipeline.digest != run.pipeline_digest
         if not skewed:
-            catalogue_sync(pipeline=pipeline)
+            if not worker_process_name():
+                # In-process (the CLI's run): this process mirrors its catalogue. Workers never do:
+                # only the deploy step or the web process records what the current code is.
+                catalogue_sync(pipeline=pipeline)
             # The block's last statement: on PostgreSQL the entry goes with the COMMIT, one round trip.
             audit_record(
                 event="run.started", actor=actor, environment=run.environment, run_id=run.id, details={"kind": run.kind}, before_commit=lambda: None
@@ -204,9 +231,36 @@ def run_queue(
     *, actor: Actor, source: str, kind: str = Run.Kind.PIPELINE, change_id: str = "", reason: str = "", parameters: dict | None = None
 ) -> Run:
     """Record a QUEUED run and queue its task once the row is committed."""
+    pipeline = pipeline_load()
+    if pipeline.valid:
+        _pipeline_record_from_web(source, pipeline)
     with transaction.atomic():
         run = run_create(actor=actor, source=source, kind=kind, change_id=change_id, reason=reason, parameters=parameters, with_task=True)
         transaction.on_commit(lambda: task_send("flamingock.run_execute", args=[str(run.id)], task_id=run.task_id))
+    return run
+
+
+def run_no_current_worker(*, run_id: uuid.UUID, stale: WorkerStale, handbacks: int) -> Run:
+    """End a QUEUED run that stale workers handed back ``handbacks`` times and no current worker
+    took: ABORTED with reason ``no_current_worker``, naming the stale worker. A run another worker
+    claimed meanwhile is left as it is."""
+    reason = (
+        f"{NO_CURRENT_WORKER}: no worker runs pipeline {stale.environment} ({stale.current[:12]}); "
+        f"worker {stale.worker} runs {stale.digest[:12]} and handed the run back {handbacks} time(s)"
+    )
+    actor = Actor(name=f"worker:{stale.worker}", via="worker")
+    return _run_end_queued(run_id=run_id, reason=reason, actor=actor) or Run.objects.get(pk=run_id)
+
+
+def _run_end_queued(*, run_id, reason: str, actor: Actor, now=None) -> Run | None:
+    """ABORTED a run that is still QUEUED (nobody claimed it), audited; None if it was not queued."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        if not Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).update(status=Run.Status.ABORTED, finished_at=now, status_reason=reason):
+            return None
+        run = Run.objects.get(pk=run_id)
+        audit_record(event="run.aborted", actor=actor, environment=run.environment, run_id=run.id, reason=reason, details={"status": run.status})
+    _run_finished(run)
     return run
 
 
@@ -218,7 +272,9 @@ def runs_reap(*, now=None) -> dict[str, list[str]]:
 
     A RUNNING run whose heartbeat stopped, and that no longer holds the lock, becomes ABORTED:
     the changes it left STARTED show as issues with guidance. A run QUEUED for too long is queued
-    again (the claim makes duplicates harmless), and aborted after three attempts.
+    again (the claim makes duplicates harmless), and aborted after three attempts; when no live
+    worker runs the current pipeline, it is aborted at its second timeout with reason
+    ``no_current_worker`` ("no worker runs pipeline X").
     """
     now = now or timezone.now()
     reaped: dict[str, list[str]] = {"aborted": [], "requeued": []}
@@ -238,6 +294,15 @@ def runs_reap(*, now=None) -> dict[str, list[str]]:
     queued_after = timedelta(seconds=settings.FLAMINGOCK_RUN_QUEUED_TIMEOUT)
     for run in Run.objects.filter(environment=current_environment(), status=Run.Status.QUEUED, created_at__lt=now - queued_after):
         attempts = int(run.parameters.get("requeued", 0))
+        current = pipeline_current(environment=run.environment)
+        digest = current.digest if current is not None else run.pipeline_digest
+        if attempts >= 1 and digest and not workers_running(digest=digest, environment=run.environment):
+            reason = (
+                f"{NO_CURRENT_WORKER}: no worker runs pipeline {run.environment} ({digest[:12]}); waited since {run.created_at:%Y-%m-%d %H:%M:%S} UTC"
+            )
+            if _run_end_queued(run_id=run.pk, reason=reason, actor=REAPER, now=now) is not None:
+                reaped["aborted"].append(str(run.id))
+            continue
         if attempts >= 3:
             reason = "never picked up by a worker after 3 attempts"
             with transaction.atomic():

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from enum import StrEnum
 from importlib import metadata
 from typing import Any, ClassVar
 
@@ -44,6 +45,70 @@ MARKER_INSERT = f"INSERT INTO {MARKER_TABLE} (change_id, generation, run_id, fen
 MARKER_SELECT = f"SELECT run_id, fencing_token FROM {MARKER_TABLE} WHERE change_id = %s AND generation = %s"
 
 
+class TransactionBound(StrEnum):
+    """What ends a transaction that a paused or partitioned runner left open on a target.
+
+    The pipeline lock is a lease: once it lapses another runner takes over, and whatever the stale
+    holder still holds open in a target would make the new holder wait (docs/reliability.md). A kind
+    says how its open transactions are bounded, so that the risk is named where it exists.
+    """
+
+    #: The target's server ends a transaction left idle for half the lease (PostgreSQL
+    #: ``idle_in_transaction_session_timeout``, MariaDB ``idle_transaction_timeout``, MySQL ``wait_timeout``).
+    SERVER = "server"
+    #: The kind opens no server transaction: nothing is held between two commands (Redis, RabbitMQ, HTTP).
+    NO_TRANSACTION = "no_transaction"
+    #: Nothing ends it: a holder paused inside a change's transaction blocks a takeover until it
+    #: resumes or dies (SQLite; third-party and ``generic`` kinds unless they declare otherwise).
+    NONE = "none"
+    #: It depends on the database behind it (the ``django`` kind): see :meth:`TargetSystem.bound`.
+    PER_DATABASE = "per_database"
+
+
+def idle_transaction_limit() -> float:
+    """Seconds a target transaction may sit idle before its server ends it: half the lease, like the
+    audit connection (flamingock_site/settings.py), so it is gone before another runner can take over."""
+    return float(settings.FLAMINGOCK_LOCK.get("lease_seconds", 60.0)) / 2
+
+
+#: What a concurrent creation of the marker table can raise once the other creator committed:
+#: unique_violation (``pg_type``'s index), duplicate_table, duplicate_object (the row type).
+_DUPLICATE_SQLSTATES = frozenset({"23505", "42P07", "42710"})
+
+
+def _duplicate(error: BaseException) -> bool:
+    """Whether ``error`` (a driver's, or Django's wrapping one) says the object already exists."""
+    for candidate in (error, error.__cause__):
+        if getattr(candidate, "sqlstate", None) in _DUPLICATE_SQLSTATES:
+            return True
+    return False
+
+
+def marker_table_ensure(execute: Callable[[str], Any]) -> None:
+    """``CREATE TABLE IF NOT EXISTS`` for the marker table, idempotent under concurrency.
+
+    PostgreSQL's ``IF NOT EXISTS`` reads the catalogue before it inserts: two sessions creating the
+    table at once both find it absent, and the second fails on the unique index of ``pg_type`` (or
+    as a duplicate table or type) once the first commits. That failure means the table now exists,
+    so the statement is sent once more, and finds it. Runs outside any change transaction
+    (autocommit), so a failure aborts nothing; any other error is raised as it is.
+    """
+    try:
+        execute(MARKER_DDL)
+    except Exception as error:
+        if not _duplicate(error):
+            raise
+        execute(MARKER_DDL)
+
+
+def mysql_idle_limit_set(cursor, mariadb: bool, seconds: float) -> None:
+    """MariaDB ends a transaction idle past ``idle_transaction_timeout``; MySQL has no such limit, and
+    its nearest, ``wait_timeout``, closes any idle session (the kind connects again before the next use).
+    Both count whole seconds: the limit is rounded down, at least 1."""
+    variable = "idle_transaction_timeout" if mariadb else "wait_timeout"
+    cursor.execute(f"SET SESSION {variable} = %s", [max(1, int(seconds))])
+
+
 class MarkerConflict(Exception):
     """Another apply of the same change and generation already committed in the target."""
 
@@ -57,6 +122,8 @@ class TargetSystem:
 
     kind: ClassVar[str] = ""
     supports_transactions: ClassVar[bool] = False
+    #: What ends a transaction a paused holder left open on this kind (:class:`TransactionBound`).
+    transaction_bound: ClassVar[TransactionBound] = TransactionBound.NONE
     #: Configuration keys whose values are secrets (masked wherever the config is shown).
     secret_keys: ClassVar[frozenset[str]] = frozenset({"password", "dsn", "url", "token"})
 
@@ -86,6 +153,10 @@ class TargetSystem:
     def dependency_names(self) -> set[str] | None:
         """Names a change may ask for; ``None`` when the kind cannot tell before connecting."""
         return {"context"}
+
+    def bound(self) -> TransactionBound:
+        """This system's :class:`TransactionBound` (the kind's, unless it depends on the database)."""
+        return self.transaction_bound
 
     def strategy(self, *, transactional: bool) -> Strategy:
         return Strategy.NON_TRANSACTIONAL
@@ -123,6 +194,7 @@ class DjangoDatabaseTarget(TargetSystem):
 
     kind = "django"
     supports_transactions = True
+    transaction_bound = TransactionBound.PER_DATABASE
 
     @classmethod
     def config_problems(cls, config):
@@ -142,15 +214,39 @@ class DjangoDatabaseTarget(TargetSystem):
     def dependency_names(self):
         return {"context", "cursor", "connection", "using"}
 
+    def bound(self):
+        vendor = connections[self.alias].vendor
+        return TransactionBound.SERVER if vendor in ("postgresql", "mysql") else TransactionBound.NONE
+
     def strategy(self, *, transactional):
         if not transactional:
             return Strategy.NON_TRANSACTIONAL
         return Strategy.SHARED_TRANSACTION if self.alias == audit_alias() else Strategy.MARKER
 
+    def _bound_set(self, connection) -> None:
+        # A session setting, sent before the transaction opens (a SET inside it would end with it).
+        seconds = idle_transaction_limit()
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)", [str(int(seconds * 1000))])
+            elif connection.vendor == "mysql":
+                mysql_idle_limit_set(cursor, connection.mysql_is_mariadb, seconds)
+
+    def _marker_ensure(self, connection) -> None:
+        def execute(sql):
+            with transaction.atomic(using=self.alias), connection.cursor() as cursor:
+                cursor.execute(sql)
+
+        marker_table_ensure(execute)
+
     @contextmanager
     def session(self, *, atomic):
         connection = connections[self.alias]
         if atomic:
+            if self.alias != audit_alias() and not connection.in_atomic_block:
+                # The marker strategy: bound the transaction, and create the marker table before it.
+                self._bound_set(connection)
+                self._marker_ensure(connection)
             with transaction.atomic(using=self.alias), connection.cursor() as cursor:
                 yield {"cursor": cursor, "connection": connection, "using": self.alias}
         else:
@@ -159,7 +255,8 @@ class DjangoDatabaseTarget(TargetSystem):
 
     def marker_insert(self, dependencies, *, change_id, generation, run_id, token):
         cursor = dependencies["cursor"]
-        cursor.execute(MARKER_DDL)
+        # Made before the transaction opened (session); a savepoint here if the caller's block held one.
+        self._marker_ensure(dependencies["connection"])
         try:
             with transaction.atomic(using=self.alias):
                 cursor.execute(MARKER_INSERT, [change_id, generation, run_id, token])
@@ -167,8 +264,9 @@ class DjangoDatabaseTarget(TargetSystem):
             raise MarkerConflict(str(error)) from error
 
     def marker_lookup(self, *, change_id, generation):
-        with connections[self.alias].cursor() as cursor:
-            cursor.execute(MARKER_DDL)
+        connection = connections[self.alias]
+        self._marker_ensure(connection)
+        with connection.cursor() as cursor:
             cursor.execute(MARKER_SELECT, [change_id, generation])
             row = cursor.fetchone()
         return {"run_id": row[0], "fencing_token": row[1]} if row else None
@@ -179,10 +277,12 @@ class PostgresTarget(TargetSystem):
 
     kind = "postgres"
     supports_transactions = True
+    transaction_bound = TransactionBound.SERVER
 
     def __init__(self, name, config):
         super().__init__(name, config)
         self._connection = None
+        self._bound_ms: int | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -213,16 +313,30 @@ class PostgresTarget(TargetSystem):
         import psycopg
 
         if self._connection is None or self._connection.closed:
+            self._bound_ms = None
             try:
                 self._connection = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
             except psycopg.OperationalError as error:
                 raise TargetUnavailable(f"target {self.name!r} cannot be reached: {redact(str(error))}") from error
         return self._connection
 
+    def _bound_set(self, connection) -> None:
+        # A session setting, sent once per connection and again if the lease changed.
+        milliseconds = int(idle_transaction_limit() * 1000)
+        if self._bound_ms != milliseconds:
+            connection.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)", [str(milliseconds)])
+            self._bound_ms = milliseconds
+
+    def _marker_ensure(self, connection) -> None:
+        marker_table_ensure(connection.execute)
+
     @contextmanager
     def session(self, *, atomic):
         connection = self._connect()
         if atomic:
+            # Only the marker strategy opens a transaction here: bound it, and make the table before it.
+            self._bound_set(connection)
+            self._marker_ensure(connection)
             with connection.transaction(), connection.cursor() as cursor:
                 yield {"cursor": cursor, "connection": connection}
         else:
@@ -233,18 +347,25 @@ class PostgresTarget(TargetSystem):
         import psycopg
 
         cursor = dependencies["cursor"]
-        cursor.execute(MARKER_DDL)
         try:
             cursor.execute(MARKER_INSERT, [change_id, generation, run_id, token])
         except psycopg.errors.UniqueViolation as error:
             raise MarkerConflict(str(error)) from error
 
     def marker_lookup(self, *, change_id, generation):
+        import psycopg
+
         connection = self._connect()
-        with connection.cursor() as cursor:
-            cursor.execute(MARKER_DDL)
-            cursor.execute(MARKER_SELECT, [change_id, generation])
-            row = cursor.fetchone()
+        try:
+            self._marker_ensure(connection)
+            with connection.cursor() as cursor:
+                cursor.execute(MARKER_SELECT, [change_id, generation])
+                row = cursor.fetchone()
+        except psycopg.OperationalError as error:
+            if not connection.closed:
+                raise
+            # The connection itself failed (the server went away): that, and only that, is "unreachable".
+            raise TargetUnavailable(f"target {self.name!r} cannot be reached: {redact(str(error))}") from error
         return {"run_id": row[0], "fencing_token": row[1]} if row else None
 
     def close(self):
@@ -270,6 +391,8 @@ class GenericTarget(TargetSystem):
     """
 
     kind = "generic"
+    # Whatever the factory hands out: nothing here can end a transaction it holds open.
+    transaction_bound = TransactionBound.NONE
 
     def __init__(self, name, config):
         super().__init__(name, config)

@@ -61,7 +61,7 @@ from urllib.parse import urljoin, urlsplit
 
 from audit_app.redaction import redact
 from changes_app.definitions import Step, Strategy
-from changes_app.targets.base import TargetSystem, TargetUnavailable, register_target_kind
+from changes_app.targets.base import TargetSystem, TargetUnavailable, TransactionBound, register_target_kind
 from changes_app.targets.common import flat, setting_problems, setting_read, step_label, steps_problems
 from changes_app.targets.templates import ChangeTemplate, document_steps, register_template
 
@@ -200,6 +200,8 @@ class HttpTarget(TargetSystem):
     """An HTTP API by base URL; changes get an :class:`HttpClient` as ``http``."""
 
     kind = "http"
+    # Each request stands alone: no server transaction stays open between requests.
+    transaction_bound = TransactionBound.NO_TRANSACTION
     secret_keys = frozenset({"base_url", "token", "password"})
 
     def __init__(self, name, config):

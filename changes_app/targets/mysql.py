@@ -22,7 +22,18 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from audit_app.redaction import redact
 from changes_app.definitions import Strategy
-from changes_app.targets.base import MARKER_DDL, MARKER_INSERT, MARKER_SELECT, MarkerConflict, TargetSystem, TargetUnavailable, register_target_kind
+from changes_app.targets.base import (
+    MARKER_DDL,
+    MARKER_INSERT,
+    MARKER_SELECT,
+    MarkerConflict,
+    TargetSystem,
+    TargetUnavailable,
+    TransactionBound,
+    idle_transaction_limit,
+    mysql_idle_limit_set,
+    register_target_kind,
+)
 from changes_app.targets.common import number_problems, setting_problems, setting_read
 from changes_app.targets.templates import NON_TRANSACTIONAL
 
@@ -73,6 +84,7 @@ class MySQLTarget(TargetSystem):
 
     kind = "mysql"
     supports_transactions = True
+    transaction_bound = TransactionBound.SERVER
     secret_keys = frozenset({"url", "password"})
 
     def __init__(self, name, config):
@@ -120,6 +132,10 @@ class MySQLTarget(TargetSystem):
         try:
             if self._connection is None:
                 self._connection = pymysql.connect(**self._parameters())
+                # A paused holder must not block a takeover: the server ends its idle transaction
+                # below the lease (MariaDB; MySQL closes the idle session instead).
+                with self._connection.cursor() as cursor:
+                    mysql_idle_limit_set(cursor, "mariadb" in self._connection.get_server_info().lower(), idle_transaction_limit())
         except pymysql.err.MySQLError as error:
             self._connection = None
             raise TargetUnavailable(f"target {self.name!r} cannot be reached: {redact(str(error))}") from error

@@ -50,7 +50,7 @@ from typing import Any
 
 from audit_app.redaction import redact
 from changes_app.definitions import Step, Strategy
-from changes_app.targets.base import TargetSystem, TargetUnavailable, register_target_kind
+from changes_app.targets.base import TargetSystem, TargetUnavailable, TransactionBound, register_target_kind
 from changes_app.targets.common import flat, number_problems, setting_problems, setting_read, step_label, steps_problems
 from changes_app.targets.templates import ChangeTemplate, document_steps, register_template
 
@@ -150,6 +150,8 @@ class RabbitMQTarget(TargetSystem):
     """A RabbitMQ virtual host by AMQP URL; changes get a :class:`RabbitAdmin` as ``rabbitmq``."""
 
     kind = "rabbitmq"
+    # Declarations and publishes are single commands: no server transaction stays open.
+    transaction_bound = TransactionBound.NO_TRANSACTION
     secret_keys = frozenset({"url", "password"})
 
     def __init__(self, name, config):

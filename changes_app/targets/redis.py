@@ -38,7 +38,7 @@ from typing import Any
 
 from audit_app.redaction import redact
 from changes_app.definitions import Step, Strategy
-from changes_app.targets.base import TargetSystem, TargetUnavailable, register_target_kind
+from changes_app.targets.base import TargetSystem, TargetUnavailable, TransactionBound, register_target_kind
 from changes_app.targets.common import flat, number_problems, setting_problems, setting_read, step_label, steps_problems
 from changes_app.targets.templates import ChangeTemplate, document_steps, register_template
 
@@ -114,6 +114,8 @@ class RedisTarget(TargetSystem):
     """A Redis server by URL; changes get a ``redis.Redis`` client that answers text."""
 
     kind = "redis"
+    # Commands, and MULTI/EXEC sent as one batch: no server transaction stays open between commands.
+    transaction_bound = TransactionBound.NO_TRANSACTION
     secret_keys = frozenset({"url", "password"})
 
     def __init__(self, name, config):

@@ -261,13 +261,29 @@ def test_a_typed_filter_keeps_the_other_parameters_and_can_be_cleared(officer, e
         ("alice", lambda: AuditEntry.objects.filter(actor="alice")),
         (RUN, lambda: AuditEntry.objects.filter(run_id=RUN)),
         ("C-INDEX", lambda: AuditEntry.objects.none()),
-        ("c-ind", lambda: AuditEntry.objects.none()),
+        ("c-ind", lambda: AuditEntry.objects.filter(change_id="c-index")),
+        ("c-", lambda: AuditEntry.objects.filter(change_id__startswith="c-")),
+        ("ali", lambda: AuditEntry.objects.filter(actor="alice")),
+        ("index", lambda: AuditEntry.objects.none()),
+        (RUN[:8], lambda: AuditEntry.objects.none()),
         ("c-index bob", lambda: AuditEntry.objects.filter(change_id="c-index", actor="bob")),
         ('"c-index"', lambda: AuditEntry.objects.filter(change_id="c-index")),
     ],
-    ids=["change", "actor", "run", "other case", "part of a word", "every word", "quoted"],
+    ids=[
+        "change",
+        "actor",
+        "run",
+        "other case",
+        "start of a change id",
+        "shared start",
+        "start of an actor",
+        "middle of a word",
+        "part of a run id",
+        "every word",
+        "quoted",
+    ],
 )
-def test_search_matches_exact_change_ids_actors_and_run_ids(officer, entries, term, expected):
+def test_search_matches_the_start_of_change_ids_and_actors_and_whole_run_ids(officer, entries, term, expected):
     assert listed(officer.get(reverse(CHANGELIST), {"q": term})) == seqs(expected())
 
 

@@ -125,22 +125,26 @@ def test_engineer_triggers_a_run_and_watches_its_progress_to_the_end(browser, li
 
     page.goto(live_server.url + reverse("admin:changes_app_run_changelist"))
     page.click("#flk-run-pipeline")
+    page.wait_for_selector("#flk-plan")
+    page.fill("#id_reason", "release notes 5")
+    page.click("#flk-run-continue")
+    page.click("#flk-run-confirm")
     page.wait_for_selector("#flk-progress")
-    page.wait_for_function("document.getElementById('flk-status').textContent === 'RUNNING'", timeout=30_000)
+    page.wait_for_function("document.getElementById('flk-status').dataset.status === 'RUNNING'", timeout=30_000)
     page.wait_for_function("parseInt(document.getElementById('flk-bar').style.width) > 0", timeout=30_000)
     shot(page, "engineer-2-run-in-progress")
     seen_running = page.inner_text("#flk-count")
 
     page.wait_for_function(
-        "document.getElementById('flk-status') && document.getElementById('flk-status').textContent === 'SUCCEEDED'", timeout=60_000
+        "document.getElementById('flk-status') && document.getElementById('flk-status').dataset.status === 'SUCCEEDED'", timeout=60_000
     )
     page.wait_for_selector(".flk-result")
     shot(page, "engineer-3-run-finished")
 
     run = Run.objects.get()
     assert (run.status, run.actor, run.source, run.progress_done) == (Run.Status.SUCCEEDED, "engineer", Run.Source.UI, 5), worker.log[-3000:]
-    assert re.fullmatch(r"[0-4]/5", seen_running)
-    assert page.locator(".flk-result").count() == 5 and "APPLIED" in page.inner_text("#flk-results")
+    assert re.fullmatch(r"[0-4] of 5 changes", seen_running)
+    assert page.locator(".flk-result").count() == 5 and "Applied" in page.inner_text("#flk-results")
     assert [e["op"] for e in journal.entries()] == ["apply"] * 5
 
 
@@ -173,13 +177,14 @@ def test_approver_approves_an_undo_requested_by_an_engineer_and_sees_it_executed
     page = login(browser, live_server, approver.user)
     assert f"#{request.pk} Undo note-{unique}" in page.inner_text("#flk-awaiting")
     page.click(f"#flk-awaiting a:has-text('#{request.pk}')")
-    page.fill("textarea[name=comment]", "agreed")
+    page.fill("#flk-decision-comment", "agreed")
+    page.click("#flk-approve-box summary")
     shot(page, "approval-3-approver-decides")
     page.click("#flk-approve")
     page.wait_for_selector("text=your approval is recorded")
     page.click(f"a[href*='{ChangeRequest.objects.get().run_id}']")
     page.wait_for_function(
-        "document.getElementById('flk-status') && document.getElementById('flk-status').textContent === 'SUCCEEDED'", timeout=60_000
+        "document.getElementById('flk-status') && document.getElementById('flk-status').dataset.status === 'SUCCEEDED'", timeout=60_000
     )
     shot(page, "approval-4-undo-executed")
 
@@ -205,7 +210,7 @@ def test_compliance_officer_browses_the_audit_of_a_change_and_finds_no_button_th
     visited.append(page.url)
     page.click(f"text={change}")
     page.wait_for_selector(".flk-history")
-    assert "change.applied" in page.inner_text(".flk-history")
+    assert "Applied" in page.inner_text(".flk-history") and page.locator(".flk-history [data-event='change.applied']").count() == 1
     visited.append(page.url)
     shot(page, "compliance-1-change-history")
     page.goto(live_server.url + reverse("admin:audit_app_auditentry_changelist") + f"?q={change}")

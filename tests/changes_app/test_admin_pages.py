@@ -13,12 +13,12 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from audit_app.models import AuditEntry, ChainHead
+from audit_app.models import AuditEntry
 from changes_app import services
 from changes_app.governance.roles import APPROVER, COMPLIANCE_OFFICER, ENGINEER, PLATFORM_ADMIN
 from changes_app.models import ApprovalPolicy, ChangeRecord, ChangeRequest, Run
 from changes_app.services import requests as request_service
-from tests.support.governance import Person, person, policy, snapshot
+from tests.support.governance import Person, chain_head, person, policy, snapshot
 from tests.support.trails import journal_change, run_pipeline, sql_change, table_exists
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -87,7 +87,7 @@ def unchanged(world: World) -> dict:
     """Everything a refused form must leave as it was."""
     return {
         **snapshot(),
-        "chain_head": ChainHead.objects.values_list("seq", flat=True).first(),
+        "chain_head": chain_head(),
         "table": table_exists(world.db_table),
         "journal": services.pipeline_plan().item(world.note).latest_state,
     }
@@ -239,7 +239,8 @@ def test_platform_admin_sets_a_policy_through_the_service_and_it_is_audited(worl
 
     app_db = TargetSystem.objects.get(name="app-db")
     response = world.client("platform").post(
-        reverse("admin:changes_app_targetsystem_policy", args=[app_db.pk]), {"environment": ENVIRONMENT, "required_approvals": "2"}
+        reverse("admin:changes_app_targetsystem_policy", args=[app_db.pk]),
+        {"environment": ENVIRONMENT, "required_approvals": "2", "reason": "two eyes on app-db"},
     )
     assert ApprovalPolicy.objects.get(target_system=app_db, environment=ENVIRONMENT).required_approvals == 2
     assert AuditEntry.objects.get(event="policy.changed").details["required_approvals"] == 2
@@ -334,7 +335,8 @@ def test_a_bad_policy_is_refused_and_changes_nothing(world, environment, require
     app_db = TargetSystem.objects.get(name="app-db")
     before = unchanged(world)
     response = world.client("platform").post(
-        reverse("admin:changes_app_targetsystem_policy", args=[app_db.pk]), {"environment": environment, "required_approvals": required}
+        reverse("admin:changes_app_targetsystem_policy", args=[app_db.pk]),
+        {"environment": environment, "required_approvals": required, "reason": "tighten"},
     )
     assert any(message in m for m in messages_of(response)), messages_of(response)
     assert unchanged(world) == before

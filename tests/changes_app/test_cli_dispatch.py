@@ -35,7 +35,7 @@ def subcommands() -> set[str]:
 def test_every_subcommand_has_one_handler():
     assert subcommands() == set(SUBCOMMANDS) == {
         "plan", "run", "validate", "drift", "issues", "fix", "undo", "skip", "reapply", "accept-checksum",
-        "requests", "cancel", "approve", "reject", "audit", "lock", "token",
+        "requests", "cancel", "approve", "reject", "audit", "lock", "token", "workers",
     }  # fmt: skip
 
 

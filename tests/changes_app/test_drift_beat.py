@@ -54,6 +54,8 @@ def drifted_pipeline(make_pipeline, unique: str) -> str:
     run = services.run_start(actor=cli_actor(), source=Run.Source.CLI)
     assert run.status == Run.Status.SUCCEEDED, run.status_reason
     make_pipeline({"main": table_change(unique, extra="# edited after apply")})
+    # The deploy of the edited code records it as current: a worker on it is current, not stale.
+    services.pipeline_current_record(recorded_by="deploy")
     return f"beat-{unique}"
 
 
@@ -76,7 +78,7 @@ def beat_start(env: dict[str, str], log_path) -> subprocess.Popen:
         "flamingock_site",
         "beat",
         "-S",
-        "django_celery_beat.schedulers:DatabaseScheduler",
+        "flamingock_site.beat:CheckedDatabaseScheduler",
         "--pidfile=",
         "--loglevel=INFO",
     ]

@@ -349,8 +349,10 @@ class Lab:
         from changes_app.pipeline.plan import Action
 
         issues = [item.change.id for item in services.pipeline_plan().issues]
-        # A verify probe that could not prove the effect leaves the change to a human too.
-        issues += [r["change_id"] for r in run.json()["results"] if r["action"] == Action.RECONCILE and r["result"] == "BLOCKED"]
+        # A verify probe that could not prove the effect leaves the change to a human too: Issues
+        # lists it (docs/semantics.md, Issues); the run's results must say the same.
+        blocked = [r["change_id"] for r in run.json()["results"] if r["action"] == Action.RECONCILE and r["result"] == "BLOCKED"]
+        assert set(blocked) <= set(issues), f"RECONCILE-blocked changes missing from Issues: {set(blocked) - set(issues)}"
         counts, fixes = self.effects.counts(), []
         for change_id in issues:
             present = counts.get(change_id, 0) > 0

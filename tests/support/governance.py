@@ -54,13 +54,19 @@ def policy(target: str, environment: str, required: int) -> ApprovalPolicy:
     return row
 
 
+#: The evidence a refusal leaves of itself (docs/governance.md, Refusals): all a refusal may write.
+REFUSAL_EVENTS = ("access.refused", "auth.login_failed")
+
+
 def snapshot() -> dict:
-    """What a refused action must not change: the audit head and count, the row counts, every
-    change's latest state and every request's status."""
-    last = AuditEntry.objects.order_by("-id").values_list("id", flat=True).first()
+    """What a refused action must not change: the audit head and count (its own refusal entry
+    aside, tests/changes_app/test_refusals.py), the row counts, every change's latest state and
+    every request's status."""
+    entries = AuditEntry.objects.exclude(event__in=REFUSAL_EVENTS)
+    last = entries.order_by("-id").values_list("id", flat=True).first()
     return {
         "audit_last_id": last,
-        "audit_count": AuditEntry.objects.count(),
+        "audit_count": entries.count(),
         "runs": Run.objects.count(),
         "requests": sorted(ChangeRequest.objects.values_list("id", "status", "run_id")),
         "approvals": Approval.objects.count(),
@@ -68,6 +74,12 @@ def snapshot() -> dict:
         "policies": sorted(ApprovalPolicy.objects.values_list("target_system__name", "environment", "required_approvals")),
         "states": sorted(ChangeState.objects.values_list("change_id", "state", "entry_id", "checksum")),
     }
+
+
+def chain_head() -> tuple[int, str] | None:
+    """The chain's head (seq, hash) but for refusal entries: a refusal moves the real head by its own
+    evidence only (the tests of docs/governance.md, Refusals, count those)."""
+    return AuditEntry.objects.exclude(event__in=REFUSAL_EVENTS).exclude(seq=None).order_by("-seq").values_list("seq", "entry_hash").first()
 
 
 def events(*, since: int | None = None, **filters) -> list[tuple[str, str]]:

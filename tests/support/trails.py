@@ -53,8 +53,9 @@ def next_action(change_id: str) -> str:
 
 
 def written() -> tuple[int, int]:
-    """(audit entries, runs): compared before and after a refused action to prove nothing was written."""
-    return AuditEntry.objects.count(), Run.objects.count()
+    """(audit entries, runs): compared before and after a refused action to prove nothing was written
+    but the refusal's own evidence (``access.refused``, tests/changes_app/test_refusals.py)."""
+    return AuditEntry.objects.exclude(event__in=("access.refused", "auth.login_failed")).count(), Run.objects.count()
 
 
 def local_operator() -> Actor:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from audit_app.models import AuditCheckpoint, ChainHead
+from audit_app.models import AuditCheckpoint
 from changes_app.models import IdempotencyKey
-from tests.support.governance import snapshot
+from tests.support.governance import chain_head, snapshot
 
 
 def state() -> dict:
     """The governance snapshot (audit head and count, rows, states, requests) plus the chain head's
     seq, the checkpoints and the idempotency records."""
-    head = ChainHead.objects.filter(id=1).values_list("seq", "entry_hash").first()
-    return snapshot() | {"chain_head": head, "checkpoints": AuditCheckpoint.objects.count(), "idempotency_keys": IdempotencyKey.objects.count()}
+    return snapshot() | {
+        "chain_head": chain_head(),
+        "checkpoints": AuditCheckpoint.objects.count(),
+        "idempotency_keys": IdempotencyKey.objects.count(),
+    }
 
 
 def refused(response, status: int, code: str) -> dict:

@@ -8,11 +8,13 @@ checks the object."""
 
 import json
 from html import escape as _escape
+from urllib.parse import urlencode
 
 from django.contrib import admin
 from django.db.models import TextField
 from django.db.models.functions import Cast
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
@@ -101,15 +103,46 @@ def change_condition(change_id: str, plan: Plan | None) -> dict:
     }
 
 
-def change_story(record: ChangeRecord) -> list[dict]:
-    """One timeline: catalogued, then every audit entry of the change (requested, approved by whom,
-    run, applied, ...), its drift findings, and the chain verification that covers it; oldest first."""
+#: How many of a change's audit entries its page shows (the newest), in its history and in its
+#: story alike; the others are one link away, in the audit trail filtered by the change.
+HISTORY_SHOWN = 50
+#: The columns of an entry that the history and the story show.
+ENTRY_FIELDS = ("id", "seq", "event", "created_at", "state", "actor", "run_id", "reason", "error", "rollback_error", "details")
+
+
+def change_entries(change_id: str) -> tuple[list[AuditEntry], int]:
+    """The newest ``HISTORY_SHOWN`` audit entries of a change, newest first (one read, over the
+    ``(change_id, id)`` index), and how many older ones the page leaves to the audit trail."""
+    rows = list(AuditEntry.objects.filter(change_id=change_id).only(*ENTRY_FIELDS).order_by("-id")[: HISTORY_SHOWN + 1])
+    if len(rows) <= HISTORY_SHOWN:
+        return rows, 0
+    return rows[:HISTORY_SHOWN], AuditEntry.objects.filter(change_id=change_id).count() - HISTORY_SHOWN
+
+
+def trail_url(change_id: str) -> str:
+    """The audit list filtered by the change (its change filter: the change's own entries and those that name it)."""
+    return f"{reverse('admin:audit_app_auditentry_changelist')}?{urlencode({'change_id': change_id})}"
+
+
+def more_text(more: int) -> str:
+    return f"{more:,} older entr{'y' if more == 1 else 'ies'} in the audit trail"
+
+
+def change_story(record: ChangeRecord, entries: tuple[list[AuditEntry], int] | None = None) -> list[dict]:
+    """One timeline: catalogued, then the change's newest audit entries (requested, approved by whom,
+    run, applied, ...; ``entries`` as :func:`change_entries` gives them, read here if not given) after
+    a link to the older ones in the audit trail, its drift findings, and the chain verification that
+    covers it; oldest first."""
+    entries, more = change_entries(record.change_id) if entries is None else entries
     story = [{"when": record.first_seen_at, "step": "catalogued", "text": f"Catalogued from {record.path}", "event": "change.catalogued"}]
-    shown = ("id", "seq", "event", "created_at", "state", "actor", "run_id", "reason", "error", "rollback_error", "details")
-    entries = list(AuditEntry.objects.filter(change_id=record.change_id).only(*shown).order_by("id"))
+    if more:
+        # Dated as the oldest entry shown, so that it sorts just before it (the sort is stable).
+        story.append(
+            {"when": entries[-1].created_at, "step": "earlier", "event": "", "text": more_text(more), "trail_url": trail_url(record.change_id)}
+        )
     runs = {run.pk: run for run in Run.objects.filter(pk__in={e.run_id for e in entries if e.run_id}).only("id", "kind")}
     entry_url, run_url = change_url("admin:audit_app_auditentry_change"), change_url("admin:changes_app_run_change")
-    for entry in entries:
+    for entry in reversed(entries):
         details = entry.details or {}
         text = labels.label("event", entry.event)
         if entry.event == "request.approved" and details.get("automatic"):
@@ -160,6 +193,45 @@ def change_story(record: ChangeRecord) -> list[dict]:
             }
         )
     return sorted(story, key=lambda step: step["when"])
+
+
+def story_html(story: list[dict]) -> str:
+    """The timeline's items, built here rather than by per-item template logic (each value escaped once)."""
+    request_url = change_url("admin:changes_app_changerequest_change")
+    items = []
+    for s in story:
+        when = s["when"]
+        parts = [
+            '<li data-step="{0}" data-event="{1}"><span class="flk-step">{0}</span> {2} &ndash; {3}'.format(
+                escape_text(s["step"]),
+                escape_text(s["event"]),
+                f"{timezone.localtime(when) if timezone.is_aware(when) else when:%Y-%m-%d %H:%M:%S}",
+                escape_text(s["text"]),
+            )
+        ]
+        if s.get("actor"):
+            parts.append(f" by {escape_text(s['actor'])}")
+        if s.get("trail_url"):
+            parts.append(f' &middot; <a class="flk-more" href="{escape_text(s["trail_url"])}">see them</a>')
+        if s.get("entry_url"):
+            parts.append(f' <a href="{escape_text(s["entry_url"])}">audit entry #{escape_text(s["entry_seq"])}</a>')
+        if s.get("request_id"):
+            parts.append(f' &middot; <a href="{escape_text(request_url(s["request_id"]))}">request #{escape_text(s["request_id"])}</a>')
+        if s.get("run"):
+            parts.append(f' &middot; <a href="{escape_text(s["run_url"])}">{escape_text(s["run_label"])}</a>')
+        approved_by = (s.get("approval") or {}).get("approved_by")
+        if approved_by:
+            approved_by = [approved_by] if isinstance(approved_by, str) else approved_by
+            parts.append(f" &middot; approved by {', '.join(map(escape_text, approved_by))}")
+        if s.get("finding_url"):
+            parts.append(f' &middot; <a href="{escape_text(s["finding_url"])}">finding</a>')
+        if s.get("reason"):
+            parts.append(f"<br><em>{escape_text(s['reason'])}</em>")
+        if s.get("error"):
+            parts.append(f'<pre style="color:#c62828">{escape_text(s["error"])}</pre>')
+        parts.append("</li>\n")
+        items.append("".join(parts))
+    return mark_safe("".join(items))
 
 
 def verify_coverage(change_id: str) -> str:
@@ -235,10 +307,20 @@ class ChangeRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
         return ("change_id", "stage", "order", "target", latest_state, next_action, checksum_status)
 
+    def get_object(self, request, object_id, from_field=None):
+        """The record ``change_view`` already read for this request (it carries the entries its
+        history shows: read once for the history and the story), else Django's read."""
+        record = getattr(request, "_flk_change_record", None)
+        if record is not None and from_field is None and str(record.pk) == str(object_id):
+            return record
+        return super().get_object(request, object_id, from_field)
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
         record = self.get_object(request, object_id)
         extra = {}
         if record is not None:
+            record._flk_entries = change_entries(record.change_id)
+            request._flk_change_record = record
             plan = views.change_plan_or_none(request, record.change_id)
             condition = change_condition(record.change_id, plan)
             extra = {
@@ -247,7 +329,7 @@ class ChangeRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
                 "flk_condition": condition,
                 "flk_state_badge": state_badge(condition["state"]),
                 "flk_action_colour": ACTION_COLOURS.get(condition["action"], "#757575"),
-                "flk_story": change_story(record),
+                "flk_story": story_html(change_story(record, record._flk_entries)),
                 "flk_diff": services.source_diff(
                     old_checksum=condition["recorded_checksum"],
                     new_checksum=condition["code_checksum"] or record.checksum,
@@ -272,10 +354,11 @@ class ChangeRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="audit history")
     def history(self, obj):
-        rows = AuditEntry.objects.filter(change_id=obj.change_id).only("id", "seq", "event", "created_at", "actor", "reason", "error").order_by("-id")
+        """The change's newest ``HISTORY_SHOWN`` entries, newest first, then a link to the others."""
+        rows, more = getattr(obj, "_flk_entries", None) or change_entries(obj.change_id)
         entry_url = change_url("admin:audit_app_auditentry_change")
         event_labels = {}
-        # What format_html would give, its arguments escaped once each (hundreds of lines per page).
+        # What format_html would give, its arguments escaped once each.
         lines = [
             '<li data-event="{}"><a href="{}">#{}</a> {} {} by {}{}{}</li>'.format(
                 *map(
@@ -294,6 +377,8 @@ class ChangeRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
             )
             for e in rows
         ]
+        if more:
+            lines.append(f'<li class="flk-more"><a href="{escape_text(trail_url(obj.change_id))}">{more_text(more)}</a></li>')
         return format_html('<ul class="flk-history">{}</ul>', mark_safe("".join(lines))) if lines else "no entries"
 
     @admin.display(description="requests")

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from audit_app.models import AuditEntry
 from changes_app import services
+from changes_app.admin import changes as changes_admin
 from changes_app.governance.roles import APPROVER, COMPLIANCE_OFFICER, ENGINEER, PLATFORM_ADMIN
 from changes_app.models import ApprovalPolicy, ChangeRecord, ChangeRequest, Run
 from changes_app.services import requests as request_service
@@ -144,6 +145,26 @@ def test_change_detail_shows_source_full_history_requests_results_and_the_operat
     assert f"#{request.pk} Undo" in page
     assert "APPLIED" in page.split("results")[-1]
     assert act_url(Kind.UNDO, world.db_change) in page
+
+
+def test_change_detail_shows_the_newest_entries_and_links_the_rest_in_the_audit_trail(world, monkeypatch):
+    requested(world)
+    entries = list(AuditEntry.objects.filter(change_id=world.db_change).order_by("-id"))
+    assert len(entries) >= 2
+    monkeypatch.setattr(changes_admin, "HISTORY_SHOWN", 1)
+
+    page = world.client("engineer").get(reverse("admin:changes_app_changerecord_change", args=[world.record(world.db_change).pk])).content.decode()
+
+    trail = f"{reverse('admin:audit_app_auditentry_changelist')}?change_id={world.db_change}"
+    more = f"{len(entries) - 1} older entr{'y' if len(entries) == 2 else 'ies'} in the audit trail"
+    history = page.split('class="flk-history"', 1)[1].split("</ul>", 1)[0]
+    story = page.split('id="flk-story"', 1)[1].split("</ol>", 1)[0]
+    for part in (history, story):
+        shown = [e for e in entries if reverse("admin:audit_app_auditentry_change", args=[e.pk]) + '"' in part]
+        assert shown == entries[:1]
+        assert trail in part and more in part
+    steps = [chunk.split('"', 1)[0] for chunk in story.split('data-step="')[1:]]
+    assert steps[:2] == ["catalogued", "earlier"]
 
 
 def test_undo_confirmation_lists_the_whole_cascade_then_creates_the_request(world, make_pipeline):

@@ -1,4 +1,4 @@
-"""Refusals are evidence (docs/governance.md, "Refusals"; DOMAIN §11): a refused governed action,
+"""Refusals are evidence (docs/governance.md, "Refusals"; docs/semantics.md §13.3): a refused governed action,
 decision, force-release or login writes an entry, folded so that a flood cannot bloat the trail.
 
 Time is cut into windows of ``FLAMINGOCK_REFUSAL_WINDOW`` seconds. The first refusal of a window

@@ -1,4 +1,4 @@
-"""The product's health checks and the three health endpoints (DOMAIN §11, docs/operators.md).
+"""The product's health checks and the three health endpoints (docs/semantics.md §13.11, docs/operators.md).
 
 ``/health/live/`` answers without any I/O; ``/health/ready/`` checks the database and the cache,
 which every request needs; ``/health/detail/`` adds what a web node can serve without (the broker,

@@ -1,5 +1,5 @@
 """Health endpoints, metrics, logs and error reports (docs/operators.md, "Health and metrics", "Logs
-and errors"; DOMAIN §11 names the health paths).
+and errors"; docs/semantics.md §13.11 names the health paths).
 
 Readiness is the database and the cache only; the detail adds the broker, a worker that answers,
 migrations and the last chain verification. Metrics are read from the rows at scrape time, so a run

@@ -1,4 +1,4 @@
-"""Refusals are evidence (docs/governance.md, "Refusals"; DOMAIN §11): a refused governed action,
+"""Refusals are evidence (docs/governance.md, "Refusals"; docs/semantics.md §13.3): a refused governed action,
 decision or force-release writes one ``access.refused`` entry per (actor, reason) and window; later
 refusals are counted in the cache, and an entry with ``folded: n`` closes the window."""
 

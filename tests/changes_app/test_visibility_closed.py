@@ -204,7 +204,7 @@ def test_a_visible_object_the_user_may_not_act_on_is_still_refused(world):
 
 def test_a_hidden_object_is_a_refusal_on_the_trail_and_a_missing_one_is_not(world):
     """The answer is the same (above), the evidence is not: only the trail's readers see that
-    ``scoped`` asked for something that exists (DOMAIN §11, Refusals: reason ``not_visible``)."""
+    ``scoped`` asked for something that exists (docs/semantics.md §13.3: reason ``not_visible``)."""
 
     def refusals() -> list[dict]:
         return [entry.details for entry in AuditEntry.objects.filter(event="access.refused").order_by("seq")]

@@ -2,8 +2,11 @@
 
 Version 1 hashes, in this order, the values exactly as stored: the chain version, the sequence
 number, the previous entry's hash, the timestamp at microseconds in UTC, every recorded field,
-and ``details`` as canonical JSON text (sorted keys, no insignificant whitespace, UTF-8). The
-serialisation of a version never changes; a new one gets a new number and both stay verifiable.
+and ``details`` as canonical JSON text (sorted keys, no insignificant whitespace, UTF-8). Version 2
+(fleets, issue 22) hashes the same values and then the entry's ``member``: an entry of a member of
+a target group is written in version 2, every other entry still in version 1, byte for byte as
+before. The serialisation of a version never changes; a new one gets a new number and every
+version stays verifiable.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+#: The version of an entry without a member (every entry before fleets).
 CHAIN_VERSION = 1
+#: The version of an entry that names a member of a target group.
+MEMBER_CHAIN_VERSION = 2
+CHAIN_VERSIONS = (CHAIN_VERSION, MEMBER_CHAIN_VERSION)
 GENESIS_HASH = "0" * 64
 
 #: The stored fields hashed after (version, seq, prev_hash, created_at), in order.
@@ -40,8 +47,12 @@ HASHED_FIELDS = (
     "rollback_error",
     "details",
 )
+#: The field hashed after ``details`` from version 2 on.
+MEMBER_FIELD = "member"
+#: The hashed fields of each version, in order.
+VERSION_FIELDS = {CHAIN_VERSION: HASHED_FIELDS, MEMBER_CHAIN_VERSION: (*HASHED_FIELDS, MEMBER_FIELD)}
 #: Columns to select, in order, to recompute a hash: what :func:`entry_hash_of_row` expects.
-ROW_COLUMNS = ("id", "seq", "hash_version", "prev_hash", "entry_hash", "created_at", *HASHED_FIELDS)
+ROW_COLUMNS = ("id", "seq", "hash_version", "prev_hash", "entry_hash", "created_at", *HASHED_FIELDS, MEMBER_FIELD)
 
 #: The same row as PostgreSQL gives it in text form, for :func:`entry_hash_of_text_row`: (SQL
 #: expression, type to read it as) per column, in the order of :data:`ROW_COLUMNS`. The server
@@ -56,6 +67,7 @@ TEXT_ROW_SQL = (
     ('"entry_hash"::text', "text"),
     ("""to_char("created_at" AT TIME ZONE 'UTC', 'FMYYYY-MM-DD"T"HH24:MI:SS.US"Z"')""", "text"),
     *((f'"{name}"::{_TEXT_TYPES.get(name, "text")}', _TEXT_TYPES.get(name, "text")) for name in HASHED_FIELDS),
+    (f'"{MEMBER_FIELD}"::text', "text"),
 )
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -125,20 +137,34 @@ def _digest(values: list) -> str:
     return hashlib.sha256(_canonical_acyclic(values).encode("utf-8")).hexdigest()
 
 
+def chain_version(member: str | None) -> int:
+    """The version an entry is written in: 2 when it names a member, 1 otherwise."""
+    return MEMBER_CHAIN_VERSION if member else CHAIN_VERSION
+
+
 def entry_hash(seq: int, prev_hash: str, created_at: datetime, fields: dict[str, Any], version: int = CHAIN_VERSION) -> str:
-    """The hash of an entry from its values."""
-    if version != 1:
+    """The hash of an entry from its values (``fields`` holds the version's :data:`VERSION_FIELDS`)."""
+    if version not in VERSION_FIELDS:
         raise ValueError(f"unknown chain version {version}")
+    if version == CHAIN_VERSION and fields.get(MEMBER_FIELD):
+        # Version 1 does not hash a member: one set on such an entry was set after it was written.
+        raise ValueError("chain version 1 names no member")
     values = [version, seq, prev_hash, timestamp_text(created_at)]
     values += [scalar(fields[name]) for name in HASHED_FIELDS[:-1]]
     details = fields["details"]
     values.append(canonical_json(details if details is not None else {}))
+    if version == MEMBER_CHAIN_VERSION:
+        values.append(scalar(fields[MEMBER_FIELD]))
     return _digest(values)
+
+
+_MEMBER_AT = ROW_COLUMNS.index(MEMBER_FIELD)
 
 
 def entry_hash_of_row(row: tuple) -> str:
     """Recompute the hash of a row selected with :data:`ROW_COLUMNS`."""
-    fields = dict(zip(HASHED_FIELDS, row[6:], strict=True))
+    fields = dict(zip(HASHED_FIELDS, row[6:_MEMBER_AT], strict=True))
+    fields[MEMBER_FIELD] = row[_MEMBER_AT] if len(row) > _MEMBER_AT else None
     details = fields["details"]
     if isinstance(details, str):  # SQLite returns JSON text through a raw cursor
         fields["details"] = json.loads(details)
@@ -170,9 +196,14 @@ def entry_hash_of_text_row(row: tuple) -> str:
     """Recompute the hash of a row selected with :data:`TEXT_ROW_SQL`: the same value as
     :func:`entry_hash_of_row` gives for the row as Django reads it, without building a datetime,
     a UUID or a dict per row (the cost of verifying a million entries)."""
-    if row[2] != 1:
-        raise ValueError(f"unknown chain version {row[2]}")
+    version = row[2]
+    if version not in VERSION_FIELDS:
+        raise ValueError(f"unknown chain version {version}")
     details = json_text_canonical(row[26])
-    values = [1, row[1], row[3], row[5], *row[6:26], "{}" if details is None else details]
+    values = [version, row[1], row[3], row[5], *row[6:26], "{}" if details is None else details]
+    if version == MEMBER_CHAIN_VERSION:
+        values.append(row[27])
+    elif row[27]:
+        raise ValueError("chain version 1 names no member")
     text = "".join(_ITERENCODE(values, 0)) if _ITERENCODE is not None else canonical_json(values)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

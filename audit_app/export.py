@@ -14,13 +14,15 @@ from datetime import datetime
 from django.db import connections, router
 from django.db.models.expressions import RawSQL
 
-from audit_app.chain import HASHED_FIELDS, ROW_COLUMNS, canonical_json, entry_hash, json_text_canonical, timestamp_text
+from audit_app.chain import HASHED_FIELDS, MEMBER_FIELD, ROW_COLUMNS, canonical_json, entry_hash, json_text_canonical, timestamp_text
 from audit_app.integrity import checkpoint_write
 from audit_app.models import AuditEntry
 from audit_app.signing import sign, signature_valid
 
 FORMATS = ("csv", "jsonl")
-COLUMNS = ("seq", "id", "created_at", *HASHED_FIELDS, "hash_version", "prev_hash", "entry_hash")
+#: The member (fleets, chain version 2) follows the fields of version 1; an export written before
+#: fleets has no such column, and reads as version 1 rows without a member.
+COLUMNS = ("seq", "id", "created_at", *HASHED_FIELDS, MEMBER_FIELD, "hash_version", "prev_hash", "entry_hash")
 _NULLABLE_INT = {"actor_user_id", "pid", "fencing_token", "seq", "id", "hash_version"}
 TRAILER_MARK = "#flamingock-export"
 #: The CSV columns before ``duration_ms``, between it and ``details``, and after ``details``.
@@ -233,7 +235,7 @@ class ExportCheck:
 
 def _typed(name: str, value: str):
     if value == "":
-        return None if name in _NULLABLE_INT or name in {"run_id", "duration_ms"} else ""
+        return None if name in _NULLABLE_INT or name in {"run_id", "duration_ms", MEMBER_FIELD} else ""
     if name in _NULLABLE_INT:
         return int(value)
     if name == "duration_ms":
@@ -290,7 +292,8 @@ class _ExportReader:
             try:
                 if None in raw or None in raw.values():  # too many or too few fields
                     raise ValueError(raw)
-                record = {name: _typed(name, raw[name]) for name in COLUMNS}
+                # An export from before fleets has no member column: its rows are all version 1.
+                record = {name: _typed(name, raw[name] if name != MEMBER_FIELD else raw.get(name, "")) for name in COLUMNS}
             except (ValueError, KeyError):
                 self.unreadable += 1
                 continue
@@ -355,9 +358,13 @@ def audit_export_verify(path, *, public_key: str | None = None, against_trail: b
     try:
         for record in reader:
             rows += 1
-            fields = {name: record[name] for name in HASHED_FIELDS}
+            fields = {name: record.get(name) for name in (*HASHED_FIELDS, MEMBER_FIELD)}
             created = datetime.fromisoformat(record["created_at"].replace("Z", "+00:00"))
-            if entry_hash(record["seq"], record["prev_hash"], created, fields, version=record["hash_version"]) != record["entry_hash"]:
+            try:
+                recomputed = entry_hash(record["seq"], record["prev_hash"], created, fields, version=record["hash_version"])
+            except ValueError:  # a version no writer writes, or a member on a version 1 row
+                recomputed = None
+            if recomputed != record["entry_hash"]:
                 row_problems.add(f"row #{record['seq']}: its content does not match its hash (edited)")
             if previous is not None and record["seq"] == previous["seq"] + 1 and record["prev_hash"] != previous["entry_hash"]:
                 row_problems.add(f"row #{record['seq']}: does not link to row #{previous['seq']}")

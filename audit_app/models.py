@@ -94,6 +94,8 @@ class AuditEntry(models.Model):
     error = models.TextField(blank=True, default="")
     rollback_error = models.TextField(blank=True, default="")
     details = models.JSONField(default=dict, blank=True)
+    #: The member of a target group this entry is about (fleets); hashed from chain version 2 on.
+    member = models.CharField(max_length=200, null=True, blank=True)
 
     objects = AuditEntryQuerySet.as_manager()
 
@@ -111,6 +113,8 @@ class AuditEntry(models.Model):
             models.Index(fields=["stage", "seq"], name="audit_stage_seq_idx"),
             models.Index(fields=["state", "seq"], name="audit_state_seq_idx"),
             models.Index(fields=["actor", "seq"], name="audit_actor_seq_pfx_idx", opclasses=["varchar_pattern_ops", "int8_ops"]),
+            # A member's entries in chain order (fleets).
+            models.Index(fields=["member", "seq"], name="audit_member_seq_idx", condition=models.Q(member__isnull=False)),
         ]
         permissions = [("verify_chain", "Can verify the audit chain now")]
 
@@ -250,6 +254,33 @@ class ChangeState(models.Model):
 
     def __str__(self):
         return f"{self.change_id}: {self.state}"
+
+
+class MemberChangeState(models.Model):
+    """The latest state of each change on each member of a target group (fleets): the projection
+    :class:`ChangeState` is for a single target, keyed by (member, change) and kept by the same one
+    writer from the entries that name a member. The trail stays the truth."""
+
+    member = models.CharField(max_length=200)
+    change_id = models.CharField(max_length=200)
+    state = models.CharField(max_length=32, choices=ChangeStateName.choices)
+    checksum = models.CharField(max_length=64, blank=True, default="")
+    entry = models.ForeignKey(AuditEntry, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    run_id = models.UUIDField(null=True, blank=True)
+    stage = models.CharField(max_length=200, blank=True, default="")
+    order = models.CharField(max_length=64, blank=True, default="")
+    target = models.CharField(max_length=200, blank=True, default="")
+    #: How many times the change reached an applied state on this member; keys the member's marker.
+    applied_count = models.IntegerField(default=0)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        verbose_name = "member change state"
+        constraints = [models.UniqueConstraint(fields=["member", "change_id"], name="member_change_state_unique")]
+        indexes = [models.Index(fields=["change_id", "state"], name="member_state_change_idx")]
+
+    def __str__(self):
+        return f"{self.member}/{self.change_id}: {self.state}"
 
 
 class QuarantinedEntry(models.Model):

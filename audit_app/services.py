@@ -17,8 +17,8 @@ from django.db import IntegrityError, connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from audit_app.chain import CHAIN_VERSION, GENESIS_HASH, HASHED_FIELDS, entry_hash, normalise_details
-from audit_app.models import APPLIED_STATES, AuditEntry, ChainHead, ChangeState, ChangeStateName
+from audit_app.chain import GENESIS_HASH, VERSION_FIELDS, chain_version, entry_hash, normalise_details
+from audit_app.models import APPLIED_STATES, AuditEntry, ChainHead, ChangeState, ChangeStateName, MemberChangeState
 from audit_app.redaction import redact, redact_data
 from audit_app.subjects import subject_write
 from audit_app.types import HOSTNAME, UNCHECKED, Actor, ChangeRef, Fence, FenceRefused, HashMismatch, StateMoved, TrailClosed
@@ -43,6 +43,7 @@ def audit_record(
     counts_as_apply: bool | None = None,
     using: str | None = None,
     before_commit: Callable[[], None] | None = None,
+    member: str | None = None,
 ) -> AuditEntry:
     """Append one entry, atomically with the change-state projection.
 
@@ -58,6 +59,10 @@ def audit_record(
     outermost one, the writer sends the statement and ``COMMIT`` in one round trip and the block finds
     nothing left to commit; otherwise the entry is written, the function called, and the block ends
     as usual.
+
+    ``member`` names the member of a target group the entry is about (fleets): the entry is then
+    hashed in chain version 2, and its change's state is re-read and projected per (member, change)
+    (``MemberChangeState``). Without one (``None`` or empty) it is version 1, as before.
     """
     using = using or router.db_for_write(AuditEntry)
     connection = connections[using]
@@ -86,6 +91,7 @@ def audit_record(
         error=redact(error),
         rollback_error=redact(rollback_error),
         details=normalise_details(redact_data({**(details or {}), **({"os_user": actor.os_user} if actor.os_user else {})})),
+        member=member or None,
     )
     applied = (state in APPLIED_STATES if counts_as_apply is None else counts_as_apply) if state else False
     accepts_checksum = not state and change.id and event == "change.checksum_accepted"
@@ -115,7 +121,8 @@ def audit_record(
             if fence is not None:
                 fence.check(using=using)
             if check_state:
-                current = ChangeState.objects.using(using).select_for_update().filter(change_id=change.id).values_list("entry_id", flat=True).first()
+                states = _states_of(entry.member).using(using)
+                current = states.select_for_update().filter(change_id=change.id).values_list("entry_id", flat=True).first()
                 if current != expected_entry_id:
                     raise StateMoved(f"Change {change.id} moved (latest entry {current}, expected {expected_entry_id}).")
             _chain(entry, using=using)
@@ -132,7 +139,7 @@ def audit_record(
             if state:
                 _project_state(entry, applied=applied, using=using)
         if accepts_checksum:
-            ChangeState.objects.using(using).filter(change_id=change.id).update(checksum=change.checksum, entry=entry)
+            _states_of(entry.member).using(using).filter(change_id=change.id).update(checksum=change.checksum, entry=entry)
         if before_commit is not None and not with_commit:
             before_commit()
     return entry
@@ -154,10 +161,10 @@ def _chain(entry: AuditEntry, *, using: str) -> None:
     seq, previous, now = row
     entry.seq = seq + 1
     entry.prev_hash = previous
-    entry.hash_version = CHAIN_VERSION
+    entry.hash_version = chain_version(entry.member)
     entry.created_at = now if now is not None else timezone.now()
-    fields = {name: getattr(entry, name) for name in HASHED_FIELDS}
-    entry.entry_hash = entry_hash(entry.seq, entry.prev_hash, entry.created_at, fields)
+    fields = {name: getattr(entry, name) for name in VERSION_FIELDS[entry.hash_version]}
+    entry.entry_hash = entry_hash(entry.seq, entry.prev_hash, entry.created_at, fields, version=entry.hash_version)
 
 
 _HEAD_CREATE = {
@@ -179,6 +186,11 @@ def _advance_head(entry: AuditEntry, *, using: str) -> None:
         )
 
 
+def _states_of(member: str | None):
+    """The state projection an entry reads and keeps: the member's, or the single target's."""
+    return MemberChangeState.objects.filter(member=member) if member else ChangeState.objects.all()
+
+
 def _project_state(entry: AuditEntry, *, applied: bool, using: str) -> None:
     applied = int(applied)
     fields = dict(
@@ -190,15 +202,25 @@ def _project_state(entry: AuditEntry, *, applied: bool, using: str) -> None:
         order=entry.order,
         target=entry.target,
     )
-    updated = ChangeState.objects.using(using).filter(change_id=entry.change_id).update(applied_count=F("applied_count") + applied, **fields)
+    states = _states_of(entry.member).using(using)
+    updated = states.filter(change_id=entry.change_id).update(applied_count=F("applied_count") + applied, **fields)
     if not updated:
-        ChangeState.objects.using(using).create(change_id=entry.change_id, applied_count=applied, **fields)
+        if entry.member:
+            MemberChangeState.objects.using(using).create(member=entry.member, change_id=entry.change_id, applied_count=applied, **fields)
+        else:
+            ChangeState.objects.using(using).create(change_id=entry.change_id, applied_count=applied, **fields)
 
 
 def change_states(*, using: str | None = None) -> dict[str, ChangeState]:
     """The latest state of every change that has one, in one query."""
     using = using or router.db_for_read(ChangeState)
     return {row.change_id: row for row in ChangeState.objects.using(using).all()}
+
+
+def member_change_states(*, member: str, using: str | None = None) -> dict[str, MemberChangeState]:
+    """The latest state of every change on ``member`` that has one, in one query (fleets)."""
+    using = using or router.db_for_read(MemberChangeState)
+    return {row.change_id: row for row in MemberChangeState.objects.using(using).filter(member=member)}
 
 
 __all__ = [
@@ -213,4 +235,5 @@ __all__ = [
     "TrailClosed",
     "audit_record",
     "change_states",
+    "member_change_states",
 ]

@@ -18,8 +18,8 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connections
 
-from audit_app.chain import CHAIN_VERSION, GENESIS_HASH, HASHED_FIELDS, canonical_json, scalar, timestamp_text
-from audit_app.models import AuditEntry, ChainHead, ChangeState, EntrySubject
+from audit_app.chain import GENESIS_HASH, VERSION_FIELDS, canonical_json, chain_version, scalar, timestamp_text
+from audit_app.models import AuditEntry, ChainHead, ChangeState, EntrySubject, MemberChangeState
 from audit_app.subjects import entry_subject
 from audit_app.types import UNCHECKED, Fence, HashMismatch, StateMoved, TrailClosed
 
@@ -40,20 +40,20 @@ _WRITTEN_INDEX = {field.attname: index for index, field in enumerate(_WRITTEN)}
 #: by their field, as the ORM would.
 _PLAIN = {"CharField", "TextField", "IntegerField", "BigIntegerField", "PositiveSmallIntegerField", "FloatField"}
 _WRITTEN_PREP = [(field.attname, None if field.get_internal_type() in _PLAIN else field) for field in _WRITTEN]
-#: The hash input of chain version 1 (chain.entry_hash) built by PostgreSQL around the values
+#: The hash input of a chain version (chain.entry_hash) built by PostgreSQL around the values
 #: that only the database knows under the head lock: the sequence, the previous hash, the time.
 _HASH_SQL = (
-    "encode(sha256(convert_to('[1,' || v.seq || ',\"' || v.prev || '\",\"' || "
+    "encode(sha256(convert_to('[{version},' || v.seq || ',\"' || v.prev || '\",\"' || "
     "to_char(v.ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || '\",' || %s || ']', 'UTF8')), 'hex')"
 )
 
 
-def _hash_tail(entry: AuditEntry) -> str:
-    """The canonical JSON of the hashed fields, without brackets: the part of the hash input the
-    writer knows before it takes the head (see chain.entry_hash)."""
+def _hash_tail(entry: AuditEntry, version: int) -> str:
+    """The canonical JSON of the version's hashed fields, without brackets: the part of the hash
+    input the writer knows before it takes the head (see chain.entry_hash)."""
     values = [
         canonical_json(entry.details if entry.details is not None else {}) if name == "details" else scalar(getattr(entry, name))
-        for name in HASHED_FIELDS
+        for name in VERSION_FIELDS[version]
     ]
     return canonical_json(values)[1:-1]
 
@@ -126,13 +126,17 @@ class _LoggedOps:
 
 
 @functools.lru_cache(maxsize=64)
-def _statement(vendor: str, fence_sql: str | None, checked: bool, project: bool, refusing: bool = False) -> str:
+def _statement(
+    vendor: str, fence_sql: str | None, checked: bool, project: bool, refusing: bool = False, version: int = 1, member: bool = False
+) -> str:
     """The writer's statement for one shape of entry (fenced or not, state-checked or not, projected
     or not, refusing with an error or not), built once: its text depends on nothing else. Parameters,
     in order: the fence's, the change id and the expected entry (checked), the hash tail, the written
     columns, the entry's target and change (the side index), the projection's. A refusing statement
     raises (``flamingock_refuse``, SQLSTATE FLREF, migration 0005) where another returns a row without
-    an entry: it is the one sent with the ``COMMIT`` of its transaction, which must then not commit."""
+    an entry: it is the one sent with the ``COMMIT`` of its transaction, which must then not commit.
+    A ``member`` entry (fleets) re-reads and projects the member's state instead (``MemberChangeState``,
+    keyed by member and change): the member follows the change id in the parameters of both."""
     connection = next(connection for connection in connections.all() if connection.vendor == vendor)
     quote = connection.ops.quote_name
     ctes: list[str] = []
@@ -142,18 +146,19 @@ def _statement(vendor: str, fence_sql: str | None, checked: bool, project: bool,
         fenced = "EXISTS (SELECT 1 FROM f)"
     current, state_ok = "NULL::bigint", "true"
     if checked:
-        ctes.append(f"st AS (SELECT entry_id FROM {ChangeState._meta.db_table} WHERE change_id = %s FOR UPDATE)")
+        table = MemberChangeState._meta.db_table if member else ChangeState._meta.db_table
+        ctes.append(f"st AS (SELECT entry_id FROM {table} WHERE change_id = %s{' AND member = %s' if member else ''} FOR UPDATE)")
         current = "(SELECT entry_id FROM st)"
         state_ok = "c.current IS NOT DISTINCT FROM %s::bigint"
     head = ChainHead._meta.db_table
     ctes.append(f"h AS (SELECT seq, entry_hash FROM {head} WHERE id = 1 FOR UPDATE)")
     ctes.append(f"c AS (SELECT {fenced} AS fenced, {current} AS current)")
     ctes.append(f"v AS (SELECT h.seq + 1 AS seq, h.entry_hash AS prev, clock_timestamp() AS ts FROM h, c WHERE c.fenced AND {state_ok})")
-    ctes.append(f"x AS (SELECT v.seq, v.prev, v.ts, {_HASH_SQL} AS hash FROM v)")
+    ctes.append(f"x AS (SELECT v.seq, v.prev, v.ts, {_HASH_SQL.format(version=int(version))} AS hash FROM v)")
     columns = ", ".join(quote(field.column) for field in _WRITTEN)
     ctes.append(
         f"e AS (INSERT INTO {AuditEntry._meta.db_table} (seq, hash_version, prev_hash, entry_hash, created_at, {columns}) "
-        f"SELECT x.seq, {CHAIN_VERSION}, x.prev, x.hash, x.ts, {_placeholders(vendor)} FROM x "
+        f"SELECT x.seq, {int(version)}, x.prev, x.hash, x.ts, {_placeholders(vendor)} FROM x "
         f"RETURNING id, seq, prev_hash, entry_hash, created_at)"
     )
     ctes.append(f"hu AS (UPDATE {head} SET seq = e.seq, entry_hash = e.entry_hash, entry_id = e.id FROM e WHERE {head}.id = 1)")
@@ -163,7 +168,16 @@ def _statement(vendor: str, fence_sql: str | None, checked: bool, project: bool,
         f"sj AS (INSERT INTO {EntrySubject._meta.db_table} (seq, target, change_id) SELECT e.seq, %s::text, %s::text FROM e "
         "ON CONFLICT (seq) DO UPDATE SET target = EXCLUDED.target, change_id = EXCLUDED.change_id)"
     )
-    if project:
+    if project and member:
+        table = MemberChangeState._meta.db_table
+        ctes.append(
+            f'p AS (INSERT INTO {table} (change_id, member, state, checksum, entry_id, run_id, stage, "order", target, applied_count, updated_at) '
+            f"SELECT %s::text, %s::text, %s::text, %s::text, e.id, %s::uuid, %s::text, %s::text, %s::text, %s::integer, e.created_at FROM e "
+            f"ON CONFLICT (member, change_id) DO UPDATE SET state = EXCLUDED.state, checksum = EXCLUDED.checksum, entry_id = EXCLUDED.entry_id, "
+            f'run_id = EXCLUDED.run_id, stage = EXCLUDED.stage, "order" = EXCLUDED."order", target = EXCLUDED.target, '
+            f"applied_count = {table}.applied_count + EXCLUDED.applied_count, updated_at = EXCLUDED.updated_at)"
+        )
+    elif project:
         table = ChangeState._meta.db_table
         ctes.append(
             f'p AS (INSERT INTO {table} (change_id, state, checksum, entry_id, run_id, stage, "order", target, applied_count, updated_at) '
@@ -211,24 +225,32 @@ def write_postgres(
         fence_sql, fence_params = fence.statement(using=using)
         params += fence_params
     checked = expected is not UNCHECKED
+    member = entry.member or None
     if checked:
-        params += [entry.change_id, expected]
-    tail = _hash_tail(entry)
+        params += [entry.change_id, *([member] if member else []), expected]
+    version = chain_version(entry.member)
+    tail = _hash_tail(entry, version)
     params.append(tail)
     values = [getattr(entry, name) if field is None else field.get_db_prep_save(getattr(entry, name), connection) for name, field in _WRITTEN_PREP]
     params += values
     params += entry_subject(target=entry.target, change_id=entry.change_id, details=entry.details)
     if project:
         run_id = values[_WRITTEN_INDEX["run_id"]]
-        params += [entry.change_id, entry.state, entry.checksum, run_id, entry.stage, entry.order, entry.target, int(applied)]
+        params += [entry.change_id, *([member] if member else []), entry.state, entry.checksum, run_id, entry.stage, entry.order, entry.target]
+        params.append(int(applied))
     if before_commit is not None:
         before_commit()
         pk, seq, prev_hash, digest, created_at = _send_with_commit(
-            connection, _statement(connection.vendor, fence_sql, checked, project, refusing=True), params, fence=fence, entry=entry, expected=expected
+            connection,
+            _statement(connection.vendor, fence_sql, checked, project, refusing=True, version=version, member=bool(member)),
+            params,
+            fence=fence,
+            entry=entry,
+            expected=expected,
         )
-        _written(entry, tail, pk, seq, prev_hash, digest, created_at, using=using, committed=True)
+        _written(entry, version, tail, pk, seq, prev_hash, digest, created_at, using=using, committed=True)
         return
-    sql = _statement(connection.vendor, fence_sql, checked, project)
+    sql = _statement(connection.vendor, fence_sql, checked, project, version=version, member=bool(member))
     # Not in psycopg's pipeline mode: after a pipelined statement PostgreSQL did not end the
     # transaction when it sat idle past idle_in_transaction_session_timeout, and a paused lock holder
     # must be cut off (test_chaos). An entry of its own needs no pipeline: it runs in autocommit.
@@ -249,22 +271,22 @@ def write_postgres(
         if not is_fenced:
             fence.refused(using=using)
         raise StateMoved(f"Change {entry.change_id} moved (latest entry {current_entry}, expected {expected}).")
-    _written(entry, tail, pk, seq, prev_hash, digest, created_at, using=using, committed=connection.get_autocommit())
+    _written(entry, version, tail, pk, seq, prev_hash, digest, created_at, using=using, committed=connection.get_autocommit())
 
 
-def _written(entry: AuditEntry, tail: str, pk, seq, prev_hash, digest, created_at, *, using: str, committed: bool) -> None:
+def _written(entry: AuditEntry, version: int, tail: str, pk, seq, prev_hash, digest, created_at, *, using: str, committed: bool) -> None:
     """Fill in what the database wrote, after checking its hash."""
     entry.pk, entry.seq, entry.prev_hash, entry.entry_hash, entry.created_at = pk, seq, prev_hash, digest, created_at
-    entry.hash_version = CHAIN_VERSION
+    entry.hash_version = version
     # The same bytes as chain.entry_hash, from the tail already built: a server that formatted the
     # sequence, the previous hash or the time differently would stop the write here.
     # (An entry that committed with its statement, on its own or with its transaction, is written by
     # now: the error then says so, and `audit verify` reports the entry; the formatting is fixed, so
     # this is a tripwire.)
-    expected_input = f'[{CHAIN_VERSION},{seq},"{prev_hash}","{timestamp_text(created_at)}",{tail}]'
+    expected_input = f'[{version},{seq},"{prev_hash}","{timestamp_text(created_at)}",{tail}]'
     if hashlib.sha256(expected_input.encode("utf-8")).hexdigest() != digest:
         written = "it was written and audit verify will report it" if committed else "nothing was written"
-        raise HashMismatch(f"audit entry #{seq}: the database computed a hash that differs from chain version {CHAIN_VERSION}; {written}")
+        raise HashMismatch(f"audit entry #{seq}: the database computed a hash that differs from chain version {version}; {written}")
     entry._state.adding = False
     entry._state.db = using
 
@@ -315,7 +337,8 @@ def _send_with_commit(connection, sql: str, params: list, *, fence: Fence | None
             if why == "fence" and fence is not None:
                 fence.refused(using=connection.alias)
             if why == "state":
-                current = ChangeState.objects.using(connection.alias).filter(change_id=entry.change_id).values_list("entry_id", flat=True).first()
+                states = MemberChangeState.objects.filter(member=entry.member) if entry.member else ChangeState.objects.all()
+                current = states.using(connection.alias).filter(change_id=entry.change_id).values_list("entry_id", flat=True).first()
                 raise StateMoved(f"Change {entry.change_id} moved (latest entry {current}, expected {expected}).") from None
             raise RuntimeError(f"the audit trail refused the entry ({why}); the transaction it ended was rolled back") from None
         is_fenced, current_entry, pk, seq, prev_hash, digest, created_at, heads, _ = cursor.fetchone()

@@ -290,3 +290,70 @@ def analysis_execute(analysis: Analysis, output_dir: Path) -> None:
     started = time.perf_counter()
     analysis.markdown, analysis.data = analysis.run(output_dir)
     analysis.elapsed_s = time.perf_counter() - started
+
+
+# -- admin pages timed in a child process (audit-admin, governance-pages, trail-10m) ----------------
+#
+# These run in a child process after ``django.setup()``; Django is imported only there.
+
+
+def admin_peer_mount(peer_site: Any, module_name: str) -> None:
+    """Serve ``peer_site`` (a plain ``AdminSite`` of stock ModelAdmins) at ``/bench-peer/`` beside the
+    product's URLs, through a URL configuration made for this process only."""
+    import types
+
+    from django.conf import settings
+    from django.urls import clear_url_caches, path
+
+    from flamingock_site import urls as site_urls
+
+    urlconf = types.ModuleType(module_name)
+    urlconf.urlpatterns = [path("bench-peer/", peer_site.urls), *site_urls.urlpatterns]
+    sys.modules[urlconf.__name__] = urlconf
+    settings.ROOT_URLCONF = urlconf.__name__
+    clear_url_caches()
+
+
+class AdminTimer:
+    """A logged-in test client: ``get`` times one request (wall ms, this process's CPU ms: Django's
+    own work without PostgreSQL's), ``statements`` records what one request sends to the database."""
+
+    def __init__(self, user: Any):
+        from django.test import Client
+
+        self.client = Client()
+        self.client.force_login(user)
+
+    def get(self, url: str) -> tuple[float, float, Any]:
+        started, cpu = time.perf_counter(), time.process_time()
+        response = self.client.get(url)
+        elapsed, cpu = (time.perf_counter() - started) * 1000, (time.process_time() - cpu) * 1000
+        if response.status_code != 200:
+            raise BenchmarkError(f"{url}: HTTP {response.status_code}")
+        return elapsed, cpu, response
+
+    def statements(self, url: str) -> tuple[list[tuple[str, float]], Any]:
+        """One untimed request: (SQL, ms) of every statement it sent, and its response."""
+        from django.db import connection
+
+        sent: list[tuple[str, float]] = []
+
+        def record(execute, sql, params, many, context):
+            started = time.perf_counter()
+            try:
+                return execute(sql, params, many, context)
+            finally:
+                sent.append((sql, (time.perf_counter() - started) * 1000))
+
+        with connection.execute_wrapper(record):
+            *_, response = self.get(url)
+        return sent, response
+
+
+def statements_summary(sent: list[tuple[str, float]], db_ms: float | None = None) -> dict[str, Any]:
+    """Count, database ms (``db_ms`` if given, else the sum) and the three slowest statements."""
+    return {
+        "queries": len(sent),
+        "db_ms": round(sum(ms for _, ms in sent) if db_ms is None else db_ms, 2),
+        "slowest": [{"ms": round(ms, 2), "sql": sql[:200]} for sql, ms in sorted(sent, key=lambda item: -item[1])[:3]],
+    }

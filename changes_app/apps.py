@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.contrib.admin.apps import AdminConfig
 from django.db.models.signals import post_migrate
 
 
@@ -21,3 +22,11 @@ class ChangesAppConfig(AppConfig):
         post_migrate.connect(schedules_ensure, sender=self, dispatch_uid="flamingock.schedules_ensure")
         receivers_connect()
         logins.receivers_connect()
+
+
+class FlamingockAdminConfig(AdminConfig):
+    """Django's admin with the product's site as the default one (``admin.site``), for a host project:
+    it replaces ``django.contrib.admin`` in INSTALLED_APPS, after ``changes_app`` (docs/install.md).
+    The reference site uses a variant without autodiscovery (flamingock_site/admin_apps.py)."""
+
+    default_site = "changes_app.admin.site.default_site"

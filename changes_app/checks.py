@@ -11,7 +11,7 @@ import os
 
 from django.apps import apps
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
@@ -121,3 +121,37 @@ def production_check(app_configs=None, **kwargs):
             )
         )
     return errors
+
+
+#: The admin configuration that makes the product's site Django's default one.
+PRODUCT_ADMIN_SITE = "changes_app.admin.site.default_site"
+
+
+@register(Tags.admin, "flamingock")
+def install_check(app_configs=None, **kwargs):
+    """How the apps are installed in a project (docs/install.md): the product's admin site is the
+    default one, and changes_app comes before the admin, whose templates it overrides."""
+    if not apps.is_installed("django.contrib.admin"):
+        return []
+    admin_config = apps.get_app_config("admin")
+    warnings = []
+    if getattr(admin_config, "default_site", "") != PRODUCT_ADMIN_SITE:
+        warnings.append(
+            Warning(
+                "Django's admin is installed with its own default site, not the product's: the Flamingock dashboard and pages would be missing.",
+                hint="Replace 'django.contrib.admin' in INSTALLED_APPS with 'changes_app.apps.FlamingockAdminConfig' (docs/install.md).",
+                obj="INSTALLED_APPS",
+                id="flamingock.W201",
+            )
+        )
+    labels = [config.label for config in apps.get_app_configs()]
+    if "changes_app" in labels and labels.index("admin") < labels.index("changes_app"):
+        warnings.append(
+            Warning(
+                "The admin comes before changes_app in INSTALLED_APPS: Django's admin templates would hide the product's (its layout, dashboard and login).",
+                hint="List 'changes_app' (and 'audit_app') before the admin configuration in INSTALLED_APPS (docs/install.md).",
+                obj="INSTALLED_APPS",
+                id="flamingock.W202",
+            )
+        )
+    return warnings

@@ -20,3 +20,15 @@ def environments_declared() -> list[str]:
         declared = declared.split(",")
     names = [name.strip() for name in declared if name and name.strip()]
     return list(dict.fromkeys([*names, current_environment()]))
+
+
+def django_migrations_governed() -> list[str] | str:
+    """The apps whose Django migrations are governed changes (``FLAMINGOCK_DJANGO_MIGRATIONS``): a list
+    of app labels or ``"__all__"``; the default, ``[]``, governs none (docs/django-migrations.md)."""
+    return getattr(settings, "FLAMINGOCK_DJANGO_MIGRATIONS", None) or []
+
+
+def django_migration_databases() -> list[str]:
+    """The aliases whose governed migrations run (``FLAMINGOCK_DJANGO_MIGRATION_DATABASES``, default
+    ``["default"]``): one stage each."""
+    return list(getattr(settings, "FLAMINGOCK_DJANGO_MIGRATION_DATABASES", None) or ["default"])

@@ -30,6 +30,9 @@ class TargetSystem(models.Model):
         permissions = [
             ("operate_targetsystem", _("Can operate changes on the target system")),
             ("approve_targetsystem", _("Can approve requests on the target system")),
+            # Break-glass (docs/break-glass.md): act without prior approval in an incident. Its own
+            # permission, held by no role by default; never by a compliance officer.
+            ("break_glass", _("Can use break-glass on the target system")),
         ]
 
     def __str__(self):
@@ -82,6 +85,7 @@ class Run(models.Model):
         SKIP = "SKIP", _("Skip")
         REAPPLY = "REAPPLY", _("Re-apply")
         ACCEPT_CHECKSUM = "ACCEPT_CHECKSUM", _("Accept checksum")
+        ADOPT = "ADOPT", _("Adopt a database's Django migrations")
 
     class Status(models.TextChoices):
         QUEUED = "QUEUED", _("Queued")
@@ -306,6 +310,9 @@ class ChangeRequest(models.Model):
         MARK_ROLLED_BACK = "MARK_ROLLED_BACK", _("Mark as rolled back")
         SKIP = "SKIP", _("Skip")
         ACCEPT_CHECKSUM = "ACCEPT_CHECKSUM", _("Accept checksum")
+        ADOPT = "ADOPT", _("Adopt a database's Django migrations")
+        #: The retrospective review of a break-glass use (docs/break-glass.md).
+        REVIEW = "REVIEW", _("Break-glass review")
 
     class Status(models.TextChoices):
         PENDING = "PENDING", _("Pending")
@@ -344,17 +351,35 @@ class ChangeRequest(models.Model):
     created_at = models.DateTimeField(db_default=Now(), db_index=True)
     decided_at = models.DateTimeField(null=True, blank=True)
     executed_at = models.DateTimeField(null=True, blank=True)
+    #: Django migrations: each migration's SQL as ``sqlmigrate`` prints it for the target database and
+    #: its RunPython code by name and source, rendered once when the request is made (docs/django-migrations.md).
+    rendered = models.JSONField(default=dict, blank=True)
+    #: Approved by a break-glass use of its requester (docs/break-glass.md), not by approvers.
+    break_glass = models.BooleanField(default=False)
+    #: The incident reference a break-glass use gave (on the action's request and on its REVIEW).
+    incident = models.CharField(max_length=200, blank=True, default="")
+    #: REVIEW: the break-glass request it reviews.
+    reviewed_request = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="reviews")
+    #: REVIEW: when two approvals are due (FLAMINGOCK_BREAK_GLASS_REVIEW_HOURS after the use).
+    due_at = models.DateTimeField(null=True, blank=True)
+    #: REVIEW: when ``review.overdue`` was written (once per review).
+    overdue_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name = "request"
         constraints = [
+            # Reviews are exempt: two break-glass uses on one change open two reviews.
             models.UniqueConstraint(
                 fields=["environment", "change_id", "kind"],
-                condition=models.Q(status="PENDING"),
+                condition=models.Q(status="PENDING") & ~models.Q(kind="REVIEW"),
                 name="request_one_pending_per_change_and_kind",
             ),
             models.CheckConstraint(condition=~models.Q(reason=""), name="request_reason_not_empty"),
+            models.CheckConstraint(
+                condition=~models.Q(kind="REVIEW") | models.Q(due_at__isnull=False, reviewed_request__isnull=False, required_approvals__gte=2),
+                name="request_review_has_subject_due_date_and_two_approvals",
+            ),
         ]
 
     def __str__(self):
@@ -449,6 +474,9 @@ class Finding(models.Model):
         PROBE_FAILED = "PROBE_FAILED", _("Verify probe raised or timed out")
         WORKER_STALE = "worker.stale", _("Worker on code other than the current pipeline")
         SCHEDULE_CHANGED = "SCHEDULE_CHANGED", _("Verification or drift schedule changed")
+        APPLIED_OUTSIDE_GOVERNANCE = "applied_outside_governance", _("Django migration applied outside governance")
+        UNAPPLIED_OUTSIDE_GOVERNANCE = "unapplied_outside_governance", _("Django migration unapplied outside governance")
+        MIGRATE_OVERRIDE = "migrate.override", _("Plain migrate forced in a protected environment")
 
     class Status(models.TextChoices):
         OPEN = "OPEN", _("Open")
@@ -489,6 +517,27 @@ class Finding(models.Model):
     @property
     def active(self) -> bool:
         return self.status in self.ACTIVE
+
+
+class DjangoAdoption(models.Model):
+    """A database alias whose existing Django migrations were recorded as applied outside governance
+    (docs/django-migrations.md, "Adoption"). One row per alias; until it exists, an alias with recorder
+    rows keeps its Django changes BLOCKED with reason ``not_adopted``."""
+
+    alias = models.CharField(max_length=100, unique=True)
+    adopted_at = models.DateTimeField(default=timezone.now)
+    adopted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    adopted_by_name = models.CharField(max_length=200)
+    reason = models.TextField()
+    request = models.ForeignKey(ChangeRequest, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    #: The migrations adopted, as ``[{"change_id": ..., "checksum": ...}]``, in graph order.
+    migrations = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["alias"]
+
+    def __str__(self):
+        return f"adoption of {self.alias} by {self.adopted_by_name}"
 
 
 class WebhookDelivery(models.Model):
@@ -556,3 +605,142 @@ class ChangeSource(models.Model):
 
     def delete(self, *args, **kwargs):
         raise ChangeSourceImmutable("a stored change source is never deleted")
+
+
+# -- fleets (issue 22): members of target groups and fleet runs ---------------------------------------
+
+
+class FleetMember(models.Model):
+    """A member of a target group (a schema, a database, a Django alias), as last discovered."""
+
+    target = models.CharField(max_length=200)
+    name = models.CharField(max_length=200)
+    discovered_at = models.DateTimeField(db_default=Now())
+    #: Set when discovery no longer finds it; cleared if it comes back.
+    removed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["target", "name"]
+        constraints = [models.UniqueConstraint(fields=["target", "name"], name="fleet_member_unique")]
+
+    def __str__(self):
+        return f"{self.target}/{self.name}"
+
+
+class FleetRun(models.Model):
+    """A fleet run: the parent of one child run per member, dispatched in waves (a canary first).
+    Its waves, halt and finish are decided from its children's rows (``fleets.services.fleet_advance``)."""
+
+    class Status(models.TextChoices):
+        RUNNING = "RUNNING", _("Running")
+        FINISHED = "FINISHED", _("Finished")
+
+    class Result(models.TextChoices):
+        SUCCEEDED = "SUCCEEDED", _("Succeeded")
+        HALTED = "HALTED", _("Halted")
+        PARTIAL = "PARTIAL", _("Partial")
+        CANCELLED = "CANCELLED", _("Cancelled")
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    target = models.CharField(max_length=200)
+    environment = models.CharField(max_length=64)
+    source = models.CharField(max_length=16)
+    actor = models.CharField(max_length=200)
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING, db_index=True)
+    result = models.CharField(max_length=16, choices=Result.choices, blank=True, default="")
+    #: The policy: canary size K, wave size M, global limit on members running at once, failures F that halt.
+    canary = models.PositiveIntegerField(default=1)
+    wave_size = models.PositiveIntegerField(default=10)
+    concurrency = models.PositiveIntegerField(default=4)
+    max_failures = models.PositiveIntegerField(default=1)
+    #: The change ids and checksums of the group's changes when the run was started.
+    checksums = models.JSONField(default=dict, blank=True)
+    wave = models.IntegerField(default=0)
+    halted = models.BooleanField(default=False)
+    status_reason = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(db_default=Now(), db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_by = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"fleet run {self.pk} on {self.target} ({self.result or self.status})"
+
+
+class FleetMemberRun(models.Model):
+    """One member of a fleet run: its wave, its child run and where it stands."""
+
+    class Status(models.TextChoices):
+        PENDING = "PENDING", _("Pending")
+        QUEUED = "QUEUED", _("Queued")
+        RUNNING = "RUNNING", _("Running")
+        SUCCEEDED = "SUCCEEDED", _("Succeeded")
+        FAILED = "FAILED", _("Failed")
+        NOT_STARTED = "NOT_STARTED", _("Not started")
+
+    fleet_run = models.ForeignKey(FleetRun, on_delete=models.CASCADE, related_name="members")
+    member = models.CharField(max_length=200)
+    wave = models.IntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    #: The child run of the latest attempt.
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    attempts = models.IntegerField(default=0)
+    reason = models.TextField(blank=True, default="")
+    queued_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["wave", "member"]
+        constraints = [models.UniqueConstraint(fields=["fleet_run", "member"], name="fleet_member_run_unique")]
+        indexes = [models.Index(fields=["fleet_run", "status"], name="fleet_member_run_status_idx")]
+
+    def __str__(self):
+        return f"{self.member} in {self.fleet_run_id}: {self.status}"
+
+
+class EvidencePack(models.Model):
+    """An evidence pack asked for (docs/compliance.md, "Evidence packs"): its scope and period, and how
+    far the worker that makes it has got. Operational state: the evidence is the zip file and the
+    ``evidence.generated`` entry that names its manifest's hash."""
+
+    class Status(models.TextChoices):
+        QUEUED = "QUEUED", _("Queued")
+        RUNNING = "RUNNING", _("Running")
+        DONE = "DONE", _("Done")
+        FAILED = "FAILED", _("Failed")
+
+    requested_at = models.DateTimeField(db_default=Now())
+    requested_by = models.CharField(max_length=200)
+    requested_by_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    environment = models.CharField(max_length=64)
+    #: The scope: target systems and members of target groups by name (empty: all of them).
+    targets = models.JSONField(default=list, blank=True)
+    members = models.JSONField(default=list, blank=True)
+    #: The period, ``period_to`` exclusive.
+    period_from = models.DateTimeField()
+    period_to = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    #: Entries of the period written so far, of ``total``.
+    progress = models.BigIntegerField(default=0)
+    total = models.BigIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    #: The file's path, relative to FLAMINGOCK_EVIDENCE_DIR.
+    file_path = models.CharField(max_length=500, blank=True, default="")
+    manifest_sha256 = models.CharField(max_length=64, blank=True, default="")
+    #: Each control's result: {control id: PASS | EXCEPTION | NOT_APPLICABLE}.
+    results = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        verbose_name = "evidence pack"
+        permissions = [("generate_evidence", _("Can generate and download evidence packs"))]
+        constraints = [models.CheckConstraint(condition=models.Q(period_to__gt=models.F("period_from")), name="evidencepack_period_not_empty")]
+
+    def __str__(self):
+        return f"evidence pack {self.pk} ({self.environment}, {self.period_from:%Y-%m-%d} to {self.period_to:%Y-%m-%d})"

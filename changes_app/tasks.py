@@ -13,10 +13,13 @@ from django.db import connections
 from changes_app.drift.checks import drift_check, worker_stale_found
 from changes_app.drift.notifications import webhook_deliver, webhooks_due
 from changes_app.engine.faults import crashpoint
+from changes_app.fleets.services import fleet_member_execute, fleets_reap, members_discover_all
 from changes_app.locks.backends import lock_backend_shared
 from changes_app.models import ChangeRecord
 from changes_app.pipeline.discovery import pipeline_load
 from changes_app.services import requests_expire, run_execute, runs_reap
+from changes_app.services.break_glass import reviews_overdue
+from changes_app.services.evidence import evidence_generate
 from changes_app.services.runs import run_no_current_worker
 from changes_app.services.workers import (
     WorkerStale,
@@ -57,8 +60,34 @@ def run_execute_task(self, run_id: str) -> str:
 
 @shared_task(name="flamingock.runs_reap", ignore_result=True)
 def runs_reap_task() -> dict:
-    """Abort runs whose worker died; queue again runs the broker lost."""
-    return runs_reap()
+    """Abort runs whose worker died; queue again runs the broker lost; advance fleet runs from their rows."""
+    reaped = runs_reap()
+    return {**reaped, "fleets": fleets_reap()}
+
+
+@shared_task(name="flamingock.fleet_member_execute", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def fleet_member_execute_task(member_run_id: int) -> str:
+    """Run one member of a fleet run; a duplicate delivery finds the member claimed and does nothing."""
+    member = fleet_member_execute(member_run_id=member_run_id)
+    return member.status if member is not None else "duplicate"
+
+
+@shared_task(name="flamingock.fleet_members_discover", ignore_result=True)
+def fleet_members_discover_task() -> dict:
+    """Discover the members of every target group (member.added, member.removed)."""
+    return members_discover_all()
+
+
+@shared_task(name="flamingock.reviews_overdue", ignore_result=True)
+def reviews_overdue_task() -> list[int]:
+    """Flag break-glass reviews past their due time (``review.overdue``, once each)."""
+    return reviews_overdue()
+
+
+@shared_task(name="flamingock.evidence_generate", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def evidence_generate_task(pack_id: int) -> str:
+    """Make a queued evidence pack; a duplicate delivery finds it claimed and does nothing."""
+    return evidence_generate(pack_id=pack_id).status
 
 
 @shared_task(name="flamingock.requests_expire", ignore_result=True)

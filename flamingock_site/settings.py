@@ -64,9 +64,6 @@ if FLAMINGOCK_PRODUCTION:
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("FLAMINGOCK_SECURE_COOKIES", default=True)
 
 INSTALLED_APPS = [
-    # Django's admin without autodiscovery at start-up (flamingock_site/urls.py discovers the other
-    # apps' admin modules), with the product's own site as the default one.
-    "flamingock_site.admin_apps.FlamingockAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -83,6 +80,10 @@ INSTALLED_APPS = [
     "django_prometheus",
     "audit_app.apps.AuditAppConfig",
     "changes_app.apps.ChangesAppConfig",
+    # Django's admin without autodiscovery at start-up (flamingock_site/urls.py discovers the other
+    # apps' admin modules), with the product's own site as the default one. After changes_app, whose
+    # templates (admin/base_site.html, index, login) must come first (docs/install.md).
+    "flamingock_site.admin_apps.FlamingockAdminConfig",
     "examples.apps.ExamplesConfig",
 ]
 if not FLAMINGOCK_DEMO:
@@ -120,7 +121,8 @@ ROOT_URLCONF = "flamingock_site.urls"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        # The templates live in the apps (changes_app/templates, audit_app/templates).
+        "DIRS": [],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -396,6 +398,13 @@ FLAMINGOCK_LOCK = {
 FLAMINGOCK_SECRET_ENV_VARS = env_list("FLAMINGOCK_SECRET_ENV_VARS")
 #: Hours a request stays open, and an approved APPLY request covers its change, before it expires.
 FLAMINGOCK_REQUEST_EXPIRY_HOURS = float(os.environ.get("FLAMINGOCK_REQUEST_EXPIRY_HOURS", "72"))
+#: Hours two reviewers have to approve a break-glass use before it is overdue (docs/break-glass.md).
+FLAMINGOCK_BREAK_GLASS_REVIEW_HOURS = float(os.environ.get("FLAMINGOCK_BREAK_GLASS_REVIEW_HOURS", "72"))
+#: Evidence packs (docs/compliance.md, "Evidence packs"): where the zip files are kept (download only
+#: through the permission-checked admin page and API), and the hours within which a drift finding
+#: must be acknowledged for the pack's control to pass.
+FLAMINGOCK_EVIDENCE_DIR = Path(os.environ.get("FLAMINGOCK_EVIDENCE_DIR", VAR_DIR / "evidence"))
+FLAMINGOCK_EVIDENCE_DRIFT_ACK_HOURS = float(os.environ.get("FLAMINGOCK_EVIDENCE_DRIFT_ACK_HOURS", "24"))
 #: Where people reach the admin: the links of notification e-mails.
 FLAMINGOCK_BASE_URL = os.environ.get("FLAMINGOCK_BASE_URL", "http://127.0.0.1:8000")
 #: Webhooks told of new and reopened drift findings (comma-separated URLs); each request is signed

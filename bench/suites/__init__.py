@@ -8,4 +8,6 @@ SUITES = [
     "bench.suites.run_start",
     "bench.suites.lock_cycles",
     "bench.suites.api_latency",
+    "bench.suites.django_migrations",
+    "bench.suites.trail_scale",
 ]

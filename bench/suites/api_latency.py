@@ -96,6 +96,14 @@ def server_env(context: Context, database: str) -> dict[str, str]:
         # The load comes from one user: the product's per-user throttle (6,000/min) would answer 429s.
         FLAMINGOCK_API_THROTTLE_USER="100000000/min",
         FLAMINGOCK_API_THROTTLE_ANON="100000000/min",
+        # The scoped users' target systems: app-db, and feature-flags, which has no entry in the trail
+        # (the example service's systems exist only in the demo; this one stays disabled: no Redis).
+        FLAMINGOCK_TARGETS_JSON=json.dumps(
+            {
+                "app-db": {"kind": "django", "alias": "default", "description": "The application's own database"},
+                "feature-flags": {"kind": "redis", "url_env": "BENCH_FEATURE_FLAGS_REDIS_URL", "enabled": False, "description": "Feature flags"},
+            }
+        ),
     )
     return env
 
@@ -463,8 +471,10 @@ def profile_child(
 # -- the analysis -------------------------------------------------------------------------------------
 
 
-def run_analysis(context: Context, options: Options, output_dir: Path) -> tuple[str, dict[str, Any]]:
-    database = audit_database(context, entries=options.entries)
+def run_analysis(context: Context, options: Options, output_dir: Path, *, database: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Serve and load the list on a clone of the run's trail of ``options.entries`` entries, or on
+    ``database`` (a trail of that size the caller owns)."""
+    database = database or audit_database(context, entries=options.entries)
     env = server_env(context, database)
     tokens = tokens_create(env)  # their audit entries (permission.granted...) come after the generated ones
     last_seq = context.pg.scalar(database, "SELECT max(seq) FROM audit_app_auditentry")

@@ -26,12 +26,23 @@ import os
 import re
 import statistics
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import REPO, Analysis, BenchmarkError, Context, Suite, log, percentile, standalone_context, summary
+from bench.harness import (
+    REPO,
+    AdminTimer,
+    Analysis,
+    BenchmarkError,
+    Context,
+    Suite,
+    admin_peer_mount,
+    log,
+    percentile,
+    standalone_context,
+    statements_summary,
+    summary,
+)
 
 GOAL_MS = 50.0
 PRODUCT_PREFIX, PEER_PREFIX = "/admin/audit_app/auditentry/", "/bench-peer/audit_app/auditentry/"
@@ -49,21 +60,14 @@ RESULT_MARK = "AUDIT-ADMIN-RESULT "
 
 
 def _child(repeat: int, warmup: int, profile_dir: str | None) -> dict[str, Any]:
-    import types
-
     import django
 
     django.setup()
-    from django.conf import settings
     from django.contrib import admin
     from django.contrib.auth import get_user_model
-    from django.db import connection
-    from django.test import Client
-    from django.urls import clear_url_caches, path
 
     from audit_app.admin import AuditEntryAdmin
     from audit_app.models import AuditEntry
-    from flamingock_site import urls as site_urls
 
     class StockAuditEntryAdmin(admin.ModelAdmin):
         # The same columns as stored (the product's link and coverage columns are its own extras).
@@ -77,53 +81,26 @@ def _child(repeat: int, warmup: int, profile_dir: str | None) -> dict[str, Any]:
 
     peer_site = admin.AdminSite(name="bench_peer")
     peer_site.register(AuditEntry, StockAuditEntryAdmin)
-    urlconf = types.ModuleType("bench_audit_admin_urls")
-    urlconf.urlpatterns = [path("bench-peer/", peer_site.urls), *site_urls.urlpatterns]
-    sys.modules[urlconf.__name__] = urlconf
-    settings.ROOT_URLCONF = urlconf.__name__
-    clear_url_caches()
+    admin_peer_mount(peer_site, "bench_audit_admin_urls")
 
     user = get_user_model().objects.filter(username="bench-admin").first()
     user = user or get_user_model().objects.create_superuser("bench-admin", "bench@example.com", None)
-    client = Client()
-    client.force_login(user)
+    timer = AdminTimer(user)
+    get = timer.get
     urls = {
         (key, side): prefix + query
         for key, _, product, peer, _ in CASES
         for side, prefix, query in (("product", PRODUCT_PREFIX, product), ("peer", PEER_PREFIX, peer))
     }
 
-    def get(url: str) -> tuple[float, float, Any]:
-        """One request: wall ms, this process's CPU ms (Django's own work, without PostgreSQL's), response."""
-        started, cpu = time.perf_counter(), time.process_time()
-        response = client.get(url)
-        elapsed, cpu = (time.perf_counter() - started) * 1000, (time.process_time() - cpu) * 1000
-        if response.status_code != 200:
-            raise BenchmarkError(f"{url}: HTTP {response.status_code}")
-        return elapsed, cpu, response
-
     # Untimed: both sides list the same entries, and what each sends to the database.
     listed, statements = {}, {}
     for (key, side), url in urls.items():
         for _ in range(max(warmup, 1)):
             get(url)
-        sent: list[tuple[str, float]] = []
-
-        def record(execute, sql, params, many, context, sent=sent):
-            started = time.perf_counter()
-            try:
-                return execute(sql, params, many, context)
-            finally:
-                sent.append((sql, (time.perf_counter() - started) * 1000))
-
-        with connection.execute_wrapper(record):
-            *_, response = get(url)
+        sent, response = timer.statements(url)
         listed[key, side] = [int(seq) for seq in re.findall(r'class="field-seq"><a href="[^"]*">(\d+)</a>', response.content.decode())]
-        statements[key, side] = {
-            "queries": len(sent),
-            "db_ms": round(sum(ms for _, ms in sent), 2),
-            "slowest": [{"ms": round(ms, 2), "sql": sql[:200]} for sql, ms in sorted(sent, key=lambda item: -item[1])[:3]],
-        }
+        statements[key, side] = statements_summary(sent)
     for key, *_ in CASES:
         if not listed[key, "product"] or listed[key, "product"] != listed[key, "peer"]:
             raise BenchmarkError(
@@ -178,10 +155,14 @@ def _figure(values: list[float]) -> str:
     return f"{statistics.median(values):,.1f} ms (p95 {percentile(values, 0.95):,.1f})"
 
 
-def measure(context: Context, *, entries: int, repeat: int, warmup: int, profile_dir: str | None = None) -> tuple[str, dict[str, Any]]:
+def measure(
+    context: Context, *, entries: int, repeat: int, warmup: int, profile_dir: str | None = None, database: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Time the pages on a fresh clone of the run's trail of ``entries`` entries (dropped at the
+    end), or on ``database`` (a trail of that size the caller owns and keeps)."""
     from bench.audit_data import audit_database, product_env
 
-    name = audit_database(context, entries=entries)
+    name = database or audit_database(context, entries=entries)
     command = [context.python, "-m", "bench.suites.audit_admin", "--child", "--repeat", str(repeat), "--warmup", str(warmup)]
     if profile_dir:
         command += ["--profile", profile_dir]
@@ -191,7 +172,8 @@ def measure(context: Context, *, entries: int, repeat: int, warmup: int, profile
         raise BenchmarkError(f"audit-admin child: exit code {completed.returncode}\n{completed.stderr[-4000:]}")
     line = next(line for line in reversed(completed.stdout.splitlines()) if line.startswith(RESULT_MARK))
     child = json.loads(line[len(RESULT_MARK) :])
-    context.pg.database_drop(name)
+    if database is None:
+        context.pg.database_drop(name)
 
     cases, goals = [], []
     for key, title, product_query, peer_query, has_goal in CASES:

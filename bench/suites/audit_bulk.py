@@ -91,7 +91,7 @@ def peer_verify(url: str) -> dict[str, Any]:
     order, its hash recomputed with ``audit_app.chain.entry_hash``, every link checked."""
     import psycopg
 
-    from audit_app.chain import GENESIS_HASH, HASHED_FIELDS, ROW_COLUMNS, entry_hash
+    from audit_app.chain import GENESIS_HASH, ROW_COLUMNS, entry_hash
 
     columns = ", ".join(f'"{column}"' for column in ROW_COLUMNS)
     previous, expected = GENESIS_HASH, 1
@@ -100,7 +100,7 @@ def peer_verify(url: str) -> dict[str, Any]:
         cursor.execute(f"SELECT {columns} FROM {TABLE} WHERE seq IS NOT NULL ORDER BY seq")
         for row in cursor:
             seq, version, prev_hash, stored, created_at = row[1:6]
-            fields = dict(zip(HASHED_FIELDS, row[6:], strict=True))
+            fields = dict(zip(ROW_COLUMNS[6:], row[6:], strict=True))  # the hashed fields, then the member
             if seq != expected or prev_hash != previous or entry_hash(seq, prev_hash, created_at, fields, version) != stored:
                 return {"ok": False, "checked": expected - 1, "broken_seq": seq}
             previous, expected = stored, expected + 1
@@ -148,6 +148,11 @@ def export_check(path: str) -> dict[str, Any]:
 # -- the measurements ------------------------------------------------------------------------------
 
 
+def signing_key_new() -> str:
+    """A signing key for ``FLAMINGOCK_AUDIT_SIGNING_KEY``: any 32 bytes are an Ed25519 private key."""
+    return base64.b64encode(os.urandom(32)).decode()
+
+
 def _figure(values: list[float], unit: str = "s", digits: int = 2) -> str:
     return f"{statistics.median(values):.{digits}f} {unit} (p95 {percentile(values, 0.95):.{digits}f})"
 
@@ -161,14 +166,19 @@ def _result(completed: dict[str, Any]) -> dict[str, Any]:
     return json.loads(line[len(RESULT_MARK) :])
 
 
-def measure(context: Context, *, entries: int, repeat: int) -> tuple[str, dict[str, Any]]:
+def measure(
+    context: Context, *, entries: int, repeat: int, database: str | None = None, signing_key: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Export and verify on a fresh clone of the run's trail of ``entries`` entries (dropped at the
+    end), or on ``database`` (a trail of that size the caller owns and keeps, signed with
+    ``signing_key`` by every process that works on it)."""
     from bench.audit_data import audit_database, product_env
 
-    name = audit_database(context, entries=entries)
+    name = database or audit_database(context, entries=entries)
     url = context.pg.database_url(name)
     env = product_env(context, name)
     env.update(
-        FLAMINGOCK_AUDIT_SIGNING_KEY=base64.b64encode(os.urandom(32)).decode(),  # any 32 bytes are an Ed25519 private key
+        FLAMINGOCK_AUDIT_SIGNING_KEY=signing_key or signing_key_new(),
         FLAMINGOCK_VAR_DIR=str(context.workdir / "audit-bulk-var"),
         FLAMINGOCK_ENVIRONMENT="bench",
     )
@@ -229,7 +239,8 @@ def measure(context: Context, *, entries: int, repeat: int) -> tuple[str, dict[s
         samples["checkpoint"].append({key: run[key] for key in ("wall_s", "cpu_s", "rss_mb")})
         durations.append(report["duration_ms"] / 1000)
     checks["checkpoint"] = {key: report[key] for key in ("checkpoint_seq", "head_seq", "entries_checked")}
-    context.pg.database_drop(name)
+    if database is None:
+        context.pg.database_drop(name)
     data = _data(entries, repeat, samples, durations, checks, load_start, load_average())
     return _markdown(data), data
 

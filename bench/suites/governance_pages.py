@@ -27,14 +27,26 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.harness import REPO, Analysis, BenchmarkError, Context, Suite, log, percentile, standalone_context, summary
+from bench.harness import (
+    REPO,
+    AdminTimer,
+    Analysis,
+    BenchmarkError,
+    Context,
+    Suite,
+    admin_peer_mount,
+    log,
+    percentile,
+    standalone_context,
+    statements_summary,
+    summary,
+)
 
 GOAL_MS = 100.0
 PACKAGE = "bench_governance_changes"
@@ -219,21 +231,14 @@ def _data(changes: int) -> dict[str, int]:
 
 
 def _child(changes: int, repeat: int, warmup: int, profile_dir: str | None) -> dict[str, Any]:
-    import types
-
     import django
 
     django.setup()
-    from django.conf import settings
     from django.contrib import admin
     from django.contrib.auth import get_user_model
-    from django.db import connection
-    from django.test import Client
-    from django.urls import clear_url_caches, path
 
     from audit_app.models import AuditEntry
     from changes_app.models import ChangeRecord, ChangeRequest
-    from flamingock_site import urls as site_urls
 
     pks = _data(changes)
 
@@ -241,24 +246,11 @@ def _child(changes: int, repeat: int, warmup: int, profile_dir: str | None) -> d
     peer_site = admin.AdminSite(name="bench_peer")
     for model in (ChangeRecord, ChangeRequest, AuditEntry):
         peer_site.register(model, admin.ModelAdmin)
-    urlconf = types.ModuleType("bench_governance_pages_urls")
-    urlconf.urlpatterns = [path("bench-peer/", peer_site.urls), *site_urls.urlpatterns]
-    sys.modules[urlconf.__name__] = urlconf
-    settings.ROOT_URLCONF = urlconf.__name__
-    clear_url_caches()
+    admin_peer_mount(peer_site, "bench_governance_pages_urls")
 
-    client = Client()
-    client.force_login(get_user_model().objects.get(pk=pks["user"]))
+    timer = AdminTimer(get_user_model().objects.get(pk=pks["user"]))
+    get = timer.get
     urls = {(key, side): f"{prefix}{pks[key]}/change/" for key, _, product, peer in CASES for side, prefix in (("product", product), ("peer", peer))}
-
-    def get(url: str) -> tuple[float, float, Any]:
-        """One request: wall ms, this process's CPU ms (Django's own work, without PostgreSQL's), response."""
-        started, cpu = time.perf_counter(), time.process_time()
-        response = client.get(url)
-        elapsed, cpu = (time.perf_counter() - started) * 1000, (time.process_time() - cpu) * 1000
-        if response.status_code != 200:
-            raise BenchmarkError(f"{url}: HTTP {response.status_code}")
-        return elapsed, cpu, response
 
     # Untimed: warm-up, each page shows what it should, and what each sends to the database.
     statements, sizes = {}, {}
@@ -267,17 +259,7 @@ def _child(changes: int, repeat: int, warmup: int, profile_dir: str | None) -> d
             get(url)
         runs = []
         for _ in range(3):
-            sent: list[tuple[str, float]] = []
-
-            def record(execute, sql, params, many, context, sent=sent):
-                started = time.perf_counter()
-                try:
-                    return execute(sql, params, many, context)
-                finally:
-                    sent.append((sql, (time.perf_counter() - started) * 1000))
-
-            with connection.execute_wrapper(record):
-                *_, response = get(url)
+            sent, response = timer.statements(url)
             runs.append(sent)
         body = response.content.decode()
         sizes[key, side] = len(body)
@@ -287,11 +269,7 @@ def _child(changes: int, repeat: int, warmup: int, profile_dir: str | None) -> d
             if missing:
                 raise BenchmarkError(f"{url}: the page lacks {missing}")
         sent = sorted(runs, key=lambda run: sum(ms for _, ms in run))[1]
-        statements[key, side] = {
-            "queries": len(sent),
-            "db_ms": round(statistics.median(sum(ms for _, ms in run) for run in runs), 2),
-            "slowest": [{"ms": round(ms, 2), "sql": sql[:200]} for sql, ms in sorted(sent, key=lambda item: -item[1])[:3]],
-        }
+        statements[key, side] = statements_summary(sent, statistics.median(sum(ms for _, ms in run) for run in runs))
 
     load_start = list(os.getloadavg())
     samples: dict[tuple[str, str], list[float]] = {pair: [] for pair in urls}

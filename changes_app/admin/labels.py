@@ -93,6 +93,7 @@ RUN_KINDS = {
     "SKIP": _("Skip"),
     "REAPPLY": _("Release for re-apply"),
     "ACCEPT_CHECKSUM": _("Accept checksum"),
+    "ADOPT": _("Adopt a database's Django migrations"),
 }
 
 REQUEST_KINDS = {
@@ -103,6 +104,8 @@ REQUEST_KINDS = {
     "MARK_ROLLED_BACK": _("Mark as rolled back"),
     "SKIP": _("Skip"),
     "ACCEPT_CHECKSUM": _("Accept checksum"),
+    "ADOPT": _("Adopt a database's Django migrations"),
+    "REVIEW": _("Break-glass review"),
 }
 
 REQUEST_STATUSES = {
@@ -126,6 +129,9 @@ FINDING_KINDS = {
     "PROBE_FAILED": _("Verify probe raised or timed out"),
     "worker.stale": _("A worker runs other code than the current pipeline"),
     "SCHEDULE_CHANGED": _("A verification or drift schedule was changed"),
+    "applied_outside_governance": _("Django migration applied outside governance"),
+    "unapplied_outside_governance": _("Django migration unapplied outside governance"),
+    "migrate.override": _("Plain migrate forced in a protected environment"),
 }
 
 #: The audit trail's events (docs/semantics.md §8 and §11).
@@ -142,6 +148,7 @@ EVENTS = {
     "change.skipped": _("Held (skipped)"),
     "change.checksum_accepted": _("Checksum accepted"),
     "change.adopted": _("Adopted"),
+    "migrate.override": _("Plain migrate forced"),
     "run.queued": _("Run queued"),
     "run.started": _("Run started"),
     "run.finished": _("Run finished"),
@@ -165,8 +172,10 @@ EVENTS = {
     "policy.changed": _("Approval policy changed"),
     "audit.verified": _("Audit chain verified"),
     "audit.verify_requested": _("Audit verification requested"),
+    "evidence.generated": _("Evidence pack generated"),
     "access.refused": _("Access refused"),
     "break_glass.used": _("Break-glass used"),
+    "review.overdue": _("Break-glass review overdue"),
     "schedule.changed": _("Schedule changed"),
     "auth.login": _("Signed in"),
     "auth.login_failed": _("Sign-in failed"),

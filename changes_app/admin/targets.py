@@ -20,6 +20,10 @@ GOVERNING_PERMISSIONS = {
         "(performed directly where no policy governs them, otherwise as requests)."
     ),
     "approve_targetsystem": _("Approve: approve or reject requests on this target system's changes (never one's own)."),
+    "break_glass": _(
+        "Break-glass: in an incident, apply, undo or fix this target system's changes without prior approval; "
+        "each use is audited and reviewed by two others (docs/break-glass.md). Held by no role by default."
+    ),
 }
 
 
@@ -73,6 +77,8 @@ class TargetSystemAdmin(GuardedModelAdminMixin, admin.ModelAdmin):
             "may_manage_permissions": views.is_platform_admin(request.user),
             "environment": current_environment(),
             "policy_form": views.PolicyForm(),
+            "adoption": views.adoption_pending(request, target),
+            "adoption_form": views.ReasonForm(),
             "show_save": False,
             "show_save_and_continue": False,
             "show_save_and_add_another": False,
@@ -129,4 +135,8 @@ class TargetSystemAdmin(GuardedModelAdminMixin, admin.ModelAdmin):
         return self._permission_screen(super().obj_perms_manage_group_view)(request, object_pk, group_id)
 
     def get_urls(self):
-        return [path("<str:object_id>/policy/", admin_view(self, views.policy_view), name="changes_app_targetsystem_policy"), *super().get_urls()]
+        return [
+            path("<str:object_id>/policy/", admin_view(self, views.policy_view), name="changes_app_targetsystem_policy"),
+            path("<str:object_id>/adopt/", admin_view(self, views.adoption_view), name="changes_app_targetsystem_adopt"),
+            *super().get_urls(),
+        ]

@@ -28,6 +28,7 @@ from changes_app.conf import current_environment, environments_declared
 from changes_app.engine.actions import ACTIONS
 from changes_app.governance.identity import user_actor
 from changes_app.governance.permissions import APPROVE, OPERATE, PermissionRefused, actor_may
+from changes_app.governance.policy import BREAK_GLASS
 from changes_app.governance.refusals import NOT_VISIBLE, refusal_record
 from changes_app.governance.visibility import change_targets_seen, findings_visible, run_shown, runs_visible, target_names_seen
 from changes_app.models import ChangeRecord, ChangeRequest, Finding, Run, TargetSystem
@@ -225,7 +226,11 @@ def dashboard_context(request) -> dict:
     drift = findings_active(user)
     for issue in issues:
         issue["state_label"] = labels.label("state", issue["latest_state"])
+    reviews_in_time, reviews_late = services.reviews_open(requests=services.requests_visible(actor=actor_of(request)))
     return {
+        # Break-glass reviews still open, and those overdue (docs/break-glass.md).
+        "flk_reviews_open": list(reviews_in_time[:20]),
+        "flk_reviews_overdue": list(reviews_late[:20]),
         "flk_dashboard": True,
         "flk_issues": issues,
         "flk_blocked": blocked,
@@ -280,6 +285,18 @@ def change_action_view(model_admin, request, kind: str, change_id: str):
         gate = services.action_preview(kind=kind, change_id=change_id, actor=actor_of(request))
     except services.FlamingockError as error:
         gate, refusal = None, refusal or str(error)
+    # Break-glass (docs/break-glass.md): offered to its holders where the action awaits approvers.
+    may_break_glass = gate is not None and not gate.runs_now and actor_may(actor_of(request), BREAK_GLASS, record.target)
+    if request.method == "POST" and request.POST.get("emergency") == "yes" and not refusal:
+        try:
+            emergency = services.break_glass_of(reason=request.POST.get("emergency_reason"), incident=request.POST.get("emergency_incident"))
+            submitted = services.request_submit(
+                kind=kind, change_id=change_id, actor=actor_of(request), reason="", source=Run.Source.UI, inline=False, break_glass=emergency
+            )
+        except (services.FlamingockError, PermissionRefused) as error:
+            model_admin.message_user(request, str(error), messages.ERROR)
+            return HttpResponseRedirect(request.path)
+        return _submitted(model_admin, request, record, submitted)
     form = ReasonForm(request.POST or None)
     confirming = request.method == "POST" and form.is_valid()
     if confirming and request.POST.get("confirm") == "yes" and not refusal:
@@ -306,6 +323,7 @@ def change_action_view(model_admin, request, kind: str, change_id: str):
             cascade=cascade,
             refusal=refusal,
             gate=gate,
+            may_break_glass=may_break_glass and not refusal,
         ),
     )
 
@@ -614,3 +632,41 @@ def policy_view(model_admin, request, object_id):
     else:
         model_admin.message_user(request, f"Policy saved: {policy}.", messages.SUCCESS)
     return _back(model_admin, "change", object_id)
+
+
+# -- Django migrations: adoption (docs/django-migrations.md, "Adoption") ------------------------------
+
+
+def adoption_pending(request, target: TargetSystem | None):
+    """The adoption the target page offers: the status of a Django database with recorder rows not yet
+    adopted, if the user may operate it (``services.django_adoption_status``); ``None`` otherwise."""
+    if target is None or target.kind != "django_migrations":
+        return None
+    try:
+        status = services.django_adoption_status(alias=target.name, actor=actor_of(request))
+    except (services.FlamingockError, PermissionRefused):
+        return None
+    return status if status.required else None
+
+
+def adoption_view(model_admin, request, object_id):
+    """Adopt the Django database of a target system (POST, with a reason): the same service as
+    ``flamingock adopt django`` and the API; a request where a policy governs the target."""
+    target = model_admin.get_queryset(request).filter(pk=object_id).first() if str(object_id).isdigit() else None
+    if target is None:
+        hidden = str(object_id).isdigit() and TargetSystem.objects.filter(pk=object_id).exists()
+        return absent(model_admin, request, object_id, hidden=hidden, action="adopt")
+    if request.method != "POST":
+        return _back(model_admin, "change", object_id)
+    form = ReasonForm(request.POST)
+    if not form.is_valid():
+        model_admin.message_user(request, "Nothing was adopted: a reason is required.", messages.ERROR)
+        return _back(model_admin, "change", object_id)
+    try:
+        submitted = services.django_adopt(
+            alias=target.name, actor=actor_of(request), reason=form.cleaned_data["reason"], source=Run.Source.UI, inline=False
+        )
+    except (services.FlamingockError, PermissionRefused) as error:
+        model_admin.message_user(request, str(error), messages.ERROR)
+        return _back(model_admin, "change", object_id)
+    return _submitted(model_admin, request, None, submitted)

@@ -157,6 +157,8 @@ class RequestSerializer(serializers.ModelSerializer):
     approved_by = serializers.SerializerMethodField()
     rejected_by = serializers.SerializerMethodField()
     run_id = serializers.UUIDField(allow_null=True)
+    reviewed_request_id = serializers.IntegerField(allow_null=True)
+    overdue = serializers.SerializerMethodField()
 
     class Meta:
         model = ChangeRequest
@@ -164,6 +166,7 @@ class RequestSerializer(serializers.ModelSerializer):
             "id", "kind", "change_id", "checksum", "recorded_checksum", "environment", "target", "status",
             "status_reason", "requester", "reason", "source", "required_approvals", "approved_by", "rejected_by",
             "created_at", "decided_at", "expires_at", "run_id",
+            "break_glass", "incident", "reviewed_request_id", "due_at", "overdue",
         )  # fmt: skip
 
     # These declare the fields' types for the schema; to_representation gives their values.
@@ -172,6 +175,9 @@ class RequestSerializer(serializers.ModelSerializer):
 
     def get_rejected_by(self, request) -> list[str]:
         return representations.request_data(request)["rejected_by"]
+
+    def get_overdue(self, request) -> bool:
+        return representations.request_data(request)["overdue"]
 
     def to_representation(self, instance):
         return representations.request_data(instance)
@@ -191,11 +197,15 @@ class RequestDetailSerializer(RequestSerializer):
     eligible_approvers = serializers.ListField(child=serializers.CharField(), help_text="Who may decide it (never its requester).")
     may_decide = serializers.BooleanField(help_text="Whether the reader may approve or reject it now.")
     why_not = serializers.CharField(help_text="Why the reader may not decide it, in words.")
+    rendered = serializers.JSONField(
+        allow_null=True,
+        help_text="A Django migration: its SQL as sqlmigrate prints it for the target database and its RunPython code, rendered once when requested.",
+    )
 
     class Meta(RequestSerializer.Meta):
         fields = (
             *RequestSerializer.Meta.fields, "will_run", "undo_cascade", "undo_refused", "code_checksum", "source_moved", "diff",
-            "gate", "eligible_approvers", "may_decide", "why_not",
+            "gate", "eligible_approvers", "may_decide", "why_not", "rendered",
         )  # fmt: skip
 
     def to_representation(self, instance):
@@ -322,10 +332,24 @@ class RunCreateSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
+class BreakGlassSerializer(serializers.Serializer):
+    """Act without prior approval in an incident (docs/break-glass.md): needs ``break_glass``."""
+
+    reason = serializers.CharField(max_length=2000, help_text="Why the emergency cannot wait for approvers.")
+    incident = serializers.CharField(max_length=200, help_text="The incident reference, e.g. INC-4711.")
+
+
 class RequestCreateSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=ChangeRequest.Kind.choices)
     change_id = serializers.CharField(max_length=200)
-    reason = serializers.CharField(max_length=5000, help_text="Why; required and recorded in the trail.")
+    reason = serializers.CharField(
+        max_length=5000,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="Why; required (with break-glass, its reason is) and recorded in the trail.",
+    )
+    break_glass = BreakGlassSerializer(required=False, help_text="Break-glass: the use is the approval; opens a review by two others.")
 
 
 class DecisionSerializer(serializers.Serializer):
@@ -334,6 +358,28 @@ class DecisionSerializer(serializers.Serializer):
 
 class ReasonSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=5000)
+
+
+class AdoptedMigrationSerializer(serializers.Serializer):
+    change_id = serializers.CharField()
+    checksum = serializers.CharField()
+
+
+class AdoptionSerializer(serializers.Serializer):
+    """A database alias's adoption (``representations.adoption_data``): before it, what it would record."""
+
+    alias = serializers.CharField()
+    target = serializers.CharField()
+    adoption_required = serializers.BooleanField()
+    adopted = serializers.BooleanField()
+    adopted_at = serializers.DateTimeField(allow_null=True)
+    adopted_by = serializers.CharField()
+    reason = serializers.CharField()
+    request_id = serializers.IntegerField(allow_null=True)
+    migrations = AdoptedMigrationSerializer(many=True)
+
+    def to_representation(self, instance):
+        return representations.adoption_data(instance)
 
 
 class WorkerSerializer(serializers.Serializer):
@@ -372,3 +418,35 @@ class WorkersSerializer(serializers.Serializer):
 
     def to_representation(self, instance):
         return instance
+
+
+class EvidencePackRequestSerializer(serializers.Serializer):
+    """Ask for an evidence pack: a period (``to`` exclusive) and a scope in this environment."""
+
+    # "from" is a Python keyword: the fields are declared by name.
+    locals()["from"] = serializers.DateTimeField(help_text="The period's start.")
+    locals()["to"] = serializers.DateTimeField(help_text="The period's end, exclusive.")
+    targets = serializers.ListField(child=serializers.CharField(max_length=200), required=False, default=list, max_length=200)
+    members = serializers.ListField(child=serializers.CharField(max_length=200), required=False, default=list, max_length=200)
+
+
+class EvidencePackSerializer(serializers.Serializer):
+    """An evidence pack and how far its worker has got."""
+
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    requested_by = serializers.CharField()
+    requested_at = serializers.DateTimeField(allow_null=True)
+    environment = serializers.CharField()
+    targets = serializers.ListField(child=serializers.CharField())
+    members = serializers.ListField(child=serializers.CharField())
+    progress = serializers.IntegerField()
+    total = serializers.IntegerField(allow_null=True)
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    manifest_sha256 = serializers.CharField(allow_null=True)
+    results = serializers.DictField(child=serializers.CharField(), help_text="Each control's result: PASS, EXCEPTION or NOT_APPLICABLE.")
+    error = serializers.CharField(allow_null=True)
+
+    def to_representation(self, instance):
+        return representations.evidence_pack_data(instance)

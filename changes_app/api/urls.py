@@ -1,6 +1,8 @@
 from django.urls import path, re_path
 
 from changes_app.api import audit as audit_api
+from changes_app.api import evidence as evidence_api
+from changes_app.api import fleets as fleets_api
 from changes_app.api import views
 
 app_name = "api"
@@ -27,12 +29,22 @@ urlpatterns = [
     path("audit/export/", audit_api.AuditExport.as_view(), name="audit-export"),
     path("audit/verify/", audit_api.AuditVerify.as_view(), name="audit-verify"),
     path("audit/verify/<int:pk>/", audit_api.AuditVerifyStatus.as_view(), name="audit-verify-status"),
+    path("evidence/", evidence_api.EvidencePackList.as_view(), name="evidence-list"),
+    path("evidence/<int:pk>/", evidence_api.EvidencePackDetail.as_view(), name="evidence-detail"),
+    path("evidence/<int:pk>/download/", evidence_api.EvidencePackDownload.as_view(), name="evidence-download"),
     path("findings/", views.FindingList.as_view(), name="finding-list"),
     path("findings/<int:pk>/", views.FindingDetail.as_view(), name="finding-detail"),
     path("findings/<int:pk>/acknowledge/", views.FindingAcknowledge.as_view(), name="finding-acknowledge"),
     path("findings/<int:pk>/resolve/", views.FindingResolve.as_view(), name="finding-resolve"),
     path("workers/", views.WorkerList.as_view(), name="worker-list"),
+    path("fleets/", fleets_api.FleetRunList.as_view(), name="fleet-run-list"),
+    path("fleets/<uuid:pk>/", fleets_api.FleetRunDetail.as_view(), name="fleet-run-detail"),
+    path("fleets/plan/<str:target>/", fleets_api.FleetPlanView.as_view(), name="fleet-plan"),
+    path("fleets/<uuid:pk>/retry/", fleets_api.FleetRunRetry.as_view(), name="fleet-run-retry"),
+    path("fleets/<uuid:pk>/cancel/", fleets_api.FleetRunCancel.as_view(), name="fleet-run-cancel"),
+    path("fleets/<uuid:pk>/resume/", fleets_api.FleetRunResume.as_view(), name="fleet-run-resume"),
     path("lock/", views.LockView.as_view(), name="lock"),
     path("lock/release/", views.LockRelease.as_view(), name="lock-release"),
+    path("django/adoptions/<str:alias>/", views.DjangoAdoptionView.as_view(), name="django-adoption"),
     re_path(r"^.*$", views.unknown_path),
 ]

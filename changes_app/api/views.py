@@ -163,10 +163,20 @@ class ChangeDetail(APIView):
 
 
 class PlanView(APIView):
-    @extend_schema(summary="What the next run would do (never touches a target)", responses={200: s.PlanSerializer, **error_responses(409)})
+    @extend_schema(
+        summary="What the next run would do (never touches a target)",
+        description="With `?sql=1`, `rendered` lists each pending Django migration's SQL (as sqlmigrate prints it for its database) "
+        "and RunPython code: that reads the migration's database.",
+        parameters=[OpenApiParameter("sql", str, OpenApiParameter.QUERY, required=False, description="1: also render pending Django migrations")],
+        responses={200: s.PlanSerializer, **error_responses(409)},
+    )
     def get(self, request):
         plan, visible = _visible_plan(request)
-        return Response(s.PlanSerializer(plan, context={"targets": visible}).data)
+        data = s.PlanSerializer(plan, context={"targets": visible}).data
+        if request.query_params.get("sql") in ("1", "true"):
+            # Only on request (``?sql=1``): rendering reads each Django migration's database.
+            data = {**data, "rendered": [m for m in services.plan_render() if m["target"] in visible]}
+        return Response(data)
 
 
 class ValidateView(APIView):
@@ -315,6 +325,11 @@ def _visible_request(request, pk) -> ChangeRequest:
         examples=[
             OpenApiExample("Undo", value={"kind": "UNDO", "change_id": "0003_add_index", "reason": "the index slows writes"}, request_only=True),
             OpenApiExample("Manual fix", value={"kind": "MARK_APPLIED", "change_id": "0004_flags", "reason": "verified by hand"}, request_only=True),
+            OpenApiExample(
+                "Break-glass undo",
+                value={"kind": "UNDO", "change_id": "0003_add_index", "break_glass": {"reason": "writes time out", "incident": "INC-4711"}},
+                request_only=True,
+            ),
         ],
     ),
 )
@@ -332,7 +347,8 @@ class RequestList(generics.ListAPIView):
         body = s.RequestCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        if not data["reason"].strip():
+        emergency = data.get("break_glass")
+        if not data["reason"].strip() and emergency is None:
             raise serializers.ValidationError({"reason": ["This field may not be blank."]})
         plan, visible = _visible_plan(request)
         item = plan.item(data["change_id"])
@@ -342,7 +358,13 @@ class RequestList(generics.ListAPIView):
 
         def perform():
             done = services.request_submit(
-                kind=data["kind"], change_id=data["change_id"], actor=actor_of(request), reason=data["reason"], source=SOURCE, inline=False
+                kind=data["kind"],
+                change_id=data["change_id"],
+                actor=actor_of(request),
+                reason=data["reason"],
+                source=SOURCE,
+                inline=False,
+                break_glass=services.break_glass_of(**emergency) if emergency is not None else None,
             )
             return Response(s.SubmissionSerializer(done, context={"request": request}).data, status=status.HTTP_201_CREATED)
 
@@ -523,6 +545,45 @@ class LockRelease(APIView):
         body = s.ReasonSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         return Response(s.LockSerializer(services.lock_force_release(actor=actor_of(request), reason=body.validated_data["reason"])).data)
+
+
+# -- Django migrations: adoption -------------------------------------------------------------------
+
+
+class DjangoAdoptionView(APIView):
+    """A database alias's adoption (docs/django-migrations.md, "Adoption"); the same service as
+    ``flamingock adopt django``."""
+
+    @extend_schema(
+        summary="Whether a database needs adopting, and what adoption recorded or would record",
+        responses={200: s.AdoptionSerializer, **error_responses(403, 409)},
+    )
+    def get(self, request, alias: str):
+        return Response(s.AdoptionSerializer(services.django_adoption_status(alias=alias, actor=actor_of(request))).data)
+
+    @extend_schema(
+        summary="Adopt a database: record its Django migrations as applied outside governance (audited)",
+        request=s.ReasonSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        description=(
+            "Where no approval policy governs the database's target, the adoption runs now: 200 and its run. "
+            "Where one governs, an ADOPT request on django:<alias> is made for its approvers: 202 and the request "
+            "(its `rendered.adoption.migrations` lists what the adoption records); an approval executes it."
+        ),
+        responses={200: s.RunSerializer, 202: s.SubmissionSerializer, **error_responses(400, 403, 409)},
+        examples=[OpenApiExample("Adopt", value={"reason": "migrated by plain migrate before governance"}, request_only=True)],
+    )
+    def post(self, request, alias: str):
+        body = s.ReasonSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+
+        def perform():
+            done = services.django_adopt(alias=alias, actor=actor_of(request), reason=body.validated_data["reason"], source=SOURCE, inline=False)
+            if done.run is None:
+                return Response(s.SubmissionSerializer(done, context={"request": request}).data, status=status.HTTP_202_ACCEPTED)
+            return Response(s.RunSerializer(done.run, context={"request": request}).data)
+
+        return idempotent(request, perform)
 
 
 __all__ = ["error_body"]

@@ -14,6 +14,7 @@ from audit_app.integrity import audit_verify, checkpoint_write, trail_quarantine
 from audit_app.subjects import subjects_rebuild
 from changes_app import services
 from changes_app.cli import parser
+from changes_app.cli.evidence import verify_pack_
 from changes_app.cli.output import EXIT_INTEGRITY, EXIT_OK, EXIT_USAGE, Exit, Output, table
 from changes_app.governance.identity import cli_actor
 from changes_app.governance.permissions import PermissionRefused
@@ -168,6 +169,7 @@ ACTIONS = {
     "verify": verify,
     "export": export,
     "verify-export": verify_export,
+    "verify-pack": verify_pack_,
     "checkpoint": checkpoint,
     "quarantine": quarantine,
     "reindex": reindex,

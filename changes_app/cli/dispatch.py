@@ -27,9 +27,12 @@ SUBCOMMANDS = {
     "approve": "changes_app.cli.requests.approve",
     "reject": "changes_app.cli.requests.reject",
     "audit": "changes_app.cli.audit.audit",
+    "evidence": "changes_app.cli.evidence.evidence",
     "lock": "changes_app.cli.lock.lock",
     "token": "changes_app.cli.tokens.token",
     "workers": "changes_app.cli.workers.workers",
+    "fleet": "changes_app.cli.fleet.fleet",
+    "adopt": "changes_app.cli.adopt.adopt",
 }
 
 

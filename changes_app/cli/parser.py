@@ -20,6 +20,14 @@ ACTION_HELP = {
 }
 
 
+def break_glass_arguments(p) -> None:
+    """Break-glass on an action (docs/break-glass.md): needs the ``break_glass`` permission."""
+    p.add_argument(
+        "--break-glass", action="store_true", help="incident: act now without prior approval; the use is audited and reviewed by two others"
+    )
+    p.add_argument("--incident", default="", help="with --break-glass: the incident reference (e.g. INC-4711)")
+
+
 def add_arguments(parser: CommandParser) -> None:
     sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
 
@@ -29,7 +37,10 @@ def add_arguments(parser: CommandParser) -> None:
             p.add_argument("--json", action="store_true", help="print JSON")
         return p
 
-    command("plan", "each change: stage, order, id, target, latest state, next action, reason")
+    plan_parser = command("plan", "each change: stage, order, id, target, latest state, next action, reason")
+    plan_parser.add_argument(
+        "--sql", action="store_true", help="also render each pending Django migration's SQL and RunPython code (reads its database)"
+    )
     run = command("run", "run the pipeline now, in this process, under the lock")
     run.add_argument("--dry-run", action="store_true", help="show what would run, change nothing")
     run.add_argument("--async", dest="run_async", action="store_true", help="queue the run on a Celery worker and print its id")
@@ -45,10 +56,12 @@ def add_arguments(parser: CommandParser) -> None:
     fix.add_argument("change_id")
     fix.add_argument("--resolution", required=True, choices=["applied", "rolled-back"])
     fix.add_argument("--reason", required=True)
+    break_glass_arguments(fix)
     for name, help_text in ACTION_HELP.items():
         p = command(name, help_text)
         p.add_argument("change_id")
         p.add_argument("--reason", required=True)
+        break_glass_arguments(p)
     requests = command("requests", "list requests (approvals of governed actions)")
     requests.add_argument("--mine", action="store_true", help="only the requests I made")
     requests.add_argument("--awaiting-me", action="store_true", help="only the pending requests I may decide")
@@ -62,8 +75,8 @@ def add_arguments(parser: CommandParser) -> None:
         p.add_argument("request_id")
         p.add_argument("--comment", default="")
     audit = command("audit", "the audit trail")
-    audit.add_argument("action", choices=["list", "verify", "export", "verify-export", "checkpoint", "quarantine", "reindex"])
-    audit.add_argument("file", nargs="?", help="verify-export: the export file")
+    audit.add_argument("action", choices=["list", "verify", "export", "verify-export", "verify-pack", "checkpoint", "quarantine", "reindex"])
+    audit.add_argument("file", nargs="?", help="verify-export, verify-pack: the export or evidence pack file")
     audit.add_argument("--change", help="only this change")
     audit.add_argument("--history", action="store_true", help="every entry, not only the latest per change")
     audit.add_argument("--since", help="only entries at or after this date or ISO 8601 time")
@@ -78,7 +91,27 @@ def add_arguments(parser: CommandParser) -> None:
     audit.add_argument("--offline", action="store_true", help="verify-export: do not compare with the live trail")
     audit.add_argument("--limit", type=int, default=200)
     audit.add_argument("--reason", help="quarantine: why the foreign rows are moved aside (recorded in the trail)")
+    evidence = command("evidence", "make an evidence pack (zip) of a period: controls, changes, access, findings, the trail")
+    evidence.add_argument("--from", dest="period_from", required=True, help="the period's first date or ISO 8601 time")
+    evidence.add_argument("--to", dest="period_to", required=True, help="the period's end, exclusive")
+    evidence.add_argument("--output", required=True, help="the zip file to write")
+    evidence.add_argument("--target", action="append", default=[], help="only this target system (repeatable; default: all)")
+    evidence.add_argument("--member", action="append", default=[], help="only this member of a target group (repeatable; default: all)")
+    adopt = command("adopt", "adopt a database whose Django migrations were applied before governance")
+    adopt.add_argument("framework", choices=["django"])
+    adopt.add_argument("--database", default="default", help="the database alias (default: default)")
+    adopt.add_argument("--reason", help="why: recorded with every adopted migration")
+    adopt.add_argument("--status", action="store_true", help="show whether the database needs adopting and what it would record")
     command("workers", "the workers of this environment: host, pid, pipeline digest, last heartbeat, current or stale")
+    fleet = command("fleet", "fleet runs on a target group: run, status, retry failed members, cancel, resume")
+    fleet.add_argument("action", choices=["run", "status", "retry", "cancel", "resume"])
+    fleet.add_argument("fleet_run_id", nargs="?", type=run_id, help="status, retry, cancel, resume: the fleet run")
+    fleet.add_argument("--target", help="run: the target group")
+    fleet.add_argument("--canary", type=int, default=1, help="run: members in the canary wave (default 1)")
+    fleet.add_argument("--wave", dest="wave_size", type=int, default=10, help="run: members per later wave (default 10)")
+    fleet.add_argument("--concurrency", type=int, default=4, help="run: members running at once, at most (default 4)")
+    fleet.add_argument("--max-failures", type=int, default=1, help="run: failures that halt the run (default 1)")
+    fleet.add_argument("--no-wait", action="store_true", help="run: print the fleet run's id and return")
     lock = command("lock", "show or force-release the pipeline lock")
     lock.add_argument("action", choices=["status", "release"])
     lock.add_argument("--reason")

@@ -21,6 +21,12 @@ def plan(out: Output, options) -> int:
     for missing in found.missing:
         text += f"\nmissing from code: {missing.change_id} ({missing.state} in stage {missing.stage})"
     text += "".join(f"\nnote: {notice}" for notice in found.notices)
+    if options.get("sql"):
+        # Only on request: rendering reads each Django migration's database (a plain plan never does).
+        rendered = services.plan_render()
+        text += "".join(f"\n\n-- {m['change_id']} on {m['alias']} ({m['vendor']})\n{m['sql'] or m['error']}" for m in rendered)
+        out.emit(lambda: {**plan_list_data(found), "rendered": rendered}, text)
+        return EXIT_OK
     out.emit(lambda: plan_list_data(found), text)
     return EXIT_OK
 

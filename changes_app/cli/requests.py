@@ -53,6 +53,8 @@ def approve(out: Output, options) -> int:
     )
     if request.run is not None:
         return out.run(request.run, request=request)
+    if request.kind == ChangeRequest.Kind.REVIEW and request.status == ChangeRequest.Status.APPROVED:
+        return _emit(out, request, f"break-glass review #{request.pk}: approved; the review is complete")
     if request.status == ChangeRequest.Status.APPROVED:
         return _emit(out, request, f"request #{request.pk}: approved; the next run applies {request.change_id}")
     count = request.approvals.filter(decision="APPROVE").count()

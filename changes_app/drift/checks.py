@@ -28,6 +28,8 @@ from audit_app.models import APPLIED_STATES, ChangeState
 from audit_app.models import ChangeStateName as S
 from audit_app.services import Actor, ChangeRef, audit_record, change_states
 from changes_app.conf import current_environment
+from changes_app.drift.django_migrations import KINDS as DJANGO_DRIFT_KINDS
+from changes_app.drift.django_migrations import django_drift_observe
 from changes_app.drift.findings import finding_as_dict
 from changes_app.drift.notifications import finding_notify
 from changes_app.errors import ActionRefused, NotFound, PipelineInvalid, require_reason
@@ -117,6 +119,12 @@ def definition_observe() -> Observation:
             )
         if item.action == Action.OUT_OF_ORDER:
             seen.conditions.append(Condition("OUT_OF_ORDER", f"{change.id} {item.reason}", {"order": change.order, "reason": item.reason}, **where))
+    # Django migrations (drift.django_migrations): the recorder against the ledger, and an edited
+    # applied migration the plan does not already show.
+    django = django_drift_observe()
+    already = {(c.kind, c.change_id) for c in seen.conditions}
+    seen.conditions += [Condition(**c) for c in django.conditions if (c["kind"], c["change_id"]) not in already]
+    seen.undecided |= django.undecided
     for row in plan.missing:
         seen.conditions.append(
             Condition(
@@ -289,7 +297,7 @@ _OBSERVERS = {
 
 #: The kinds each check owns: it resolves only findings of its own kinds.
 _KINDS = {
-    Finding.Check.DEFINITION: {"CHECKSUM_MISMATCH", "MISSING_FROM_CODE", "OUT_OF_ORDER"},
+    Finding.Check.DEFINITION: {"CHECKSUM_MISMATCH", "MISSING_FROM_CODE", "OUT_OF_ORDER", *DJANGO_DRIFT_KINDS},
     Finding.Check.OPERATIONAL: {"STALE_STARTED", "DEAD_RUN", "LOCK_PAST_LEASE", "worker.stale"},
     Finding.Check.LIVE: {"VERIFY_FAILED", "PROBE_FAILED"},
 }
@@ -356,6 +364,33 @@ def schedule_changed_found(*, actor: Actor, before: dict | None, after: dict | N
             schedule=subject.get("name", "") or str(subject.get("id", "")),
         )
         finding, _opened = _sighting(Finding.Check.OPERATIONAL, condition, environment=current_environment(), now=timezone.now(), actor=actor)
+    return finding
+
+
+def migrate_override_found(*, actor: Actor, alias: str, target: str, forwards: list[str], backwards: list[str], reason: str) -> Finding:
+    """An operator forced a plain ``migrate`` over governed migrations in a protected environment
+    (docs/django-migrations.md, "No way around it"): ``migrate.override`` records who, why and which
+    migrations, before migrate runs, and a ``migrate.override`` finding (one per database, reopened
+    by a later override) stays open until someone resolves it; no check resolves it on its own."""
+    reason = require_reason(reason)
+    environment = current_environment()
+    with transaction.atomic():
+        audit_record(
+            event="migrate.override",
+            actor=actor,
+            environment=environment,
+            change=ChangeRef(id="", target=target) if target else None,
+            reason=reason,
+            details={"alias": alias, "apply": forwards, "unapply": backwards},
+        )
+        condition = Condition(
+            kind=Finding.Kind.MIGRATE_OVERRIDE,
+            summary=f"{actor.name} forced a plain migrate on {alias} over {len(forwards) + len(backwards)} governed migration(s): {reason}",
+            evidence={"alias": alias, "apply": forwards, "unapply": backwards, "by": actor.name, "reason": reason},
+            change_id=f"django:{alias}",
+            target=target,
+        )
+        finding, _opened = _sighting(Finding.Check.OPERATIONAL, condition, environment=environment, now=timezone.now(), actor=actor)
     return finding
 
 

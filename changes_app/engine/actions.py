@@ -11,18 +11,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from django.db import transaction
 from django.utils.translation import gettext_lazy as _
 
+from audit_app.models import APPLIED_STATES, ChangeState
 from audit_app.models import ChangeStateName as S
-from audit_app.services import FenceRefused, StateMoved
+from audit_app.services import ChangeRef, FenceRefused, StateMoved
 from changes_app.definitions import Strategy
 from changes_app.engine.executor import ChangeResult, Executor, Result, format_error
-from changes_app.errors import NotFound
-from changes_app.models import ChangeRequest, Run
+from changes_app.errors import ActionRefused, NotFound
+from changes_app.models import ChangeRequest, DjangoAdoption, Run
+from changes_app.pipeline.django_migrations import governed_migrations, recorded_migrations, stage_name
 from changes_app.pipeline.plan import PlanItem
 from changes_app.pipeline.rules import (
     Subject,
     accept_checksum_check,
+    adopt_check,
+    adoption_alias,
+    adoption_digest,
+    adoption_target,
     apply_check,
     fix_check,
     reapply_check,
@@ -152,6 +159,60 @@ def _undo_one(executor: Executor, item: PlanItem, hold_reason: str) -> ChangeRes
     return executor.result(item, Result.ROLLED_BACK, hold_reason, entry_ids=[start.pk, rolled.pk, held.pk])
 
 
+def adopt_execute(executor: Executor, run: Run) -> tuple[str, str]:
+    """Record every governed migration with a recorder row on the alias as applied outside
+    governance (``change.adopted``, MANUAL_MARKED_AS_APPLIED), then the alias's adoption: one
+    transaction, under the lock."""
+    alias = run.parameters.get("alias") or adoption_alias(run.change_id)
+    adopt_check(alias)
+    target = adoption_target(alias)
+    request = run.requests.first()
+    if request is not None and request.checksum != adoption_digest(alias):
+        # Under the lock: the approval covers the recorder rows seen at request time, no others.
+        raise ActionRefused(f"request #{request.pk} is stale: the recorder rows of {alias!r} changed since it was requested")
+    recorded = recorded_migrations(alias)
+    adopted: list[dict[str, str]] = []
+    with transaction.atomic(using=executor.alias):
+        for position, migration in enumerate(governed_migrations(alias), start=1):
+            if migration.change_id not in recorded:
+                continue
+            executor.check_lease()
+            state = ChangeState.objects.filter(change_id=migration.change_id).first()
+            if state is not None and state.state in APPLIED_STATES:
+                continue  # already in the ledger: nothing to adopt
+            # As the pipeline describes the change (its stage, order, target and strategies) when it can.
+            change = executor.pipeline.by_id.get(migration.change_id)
+            ref = ChangeRef(
+                id=migration.change_id,
+                stage=change.stage if change is not None else stage_name(alias),
+                order=change.order if change is not None else f"{position:05d}",
+                target=change.target if change is not None else target,
+                checksum=migration.checksum,
+                transaction_strategy=executor.strategies[change.id].value if change is not None and change.id in executor.strategies else "",
+                recovery_strategy=change.recovery.value if change is not None else "",
+            )
+            entry = executor.audit(
+                "change.adopted",
+                state=S.MANUAL_MARKED_AS_APPLIED,
+                change=ref,
+                fence=executor.lease,
+                expected_entry_id=state.entry_id if state is not None else None,
+                reason=run.reason,
+                details={"alias": alias, "applied_outside_governance": True},
+            )
+            adopted.append({"change_id": migration.change_id, "checksum": migration.checksum})
+            executor.results.append(ChangeResult(ref.id, ref.stage, ref.order, "ADOPT", S.MANUAL_MARKED_AS_APPLIED, run.reason, entry_ids=[entry.pk]))
+        DjangoAdoption.objects.create(
+            alias=alias,
+            adopted_by_id=run.started_by_id,
+            adopted_by_name=run.actor,
+            reason=run.reason,
+            request=request,
+            migrations=adopted,
+        )
+    return Run.Status.SUCCEEDED, f"adopted database {alias!r}: {len(adopted)} migration(s) recorded as applied outside governance"
+
+
 @dataclass(frozen=True)
 class ActionKind:
     """One governed action on a change.
@@ -177,6 +238,11 @@ def _fix_rule(subject: Subject, action: ActionKind, environment: str) -> None:
     fix_check(subject, action.parameters["resolution"])
 
 
+def _adopt_rule(subject: Subject, action: ActionKind, environment: str) -> None:
+    # Adoption is of a database alias (``rules.adopt_check``), never of one change.
+    raise ActionRefused("adoption is of a database, not of one change: flamingock adopt django --database ALIAS")
+
+
 ACTIONS: dict[str, ActionKind] = {
     action.kind: action
     for action in (
@@ -189,6 +255,7 @@ ACTIONS: dict[str, ActionKind] = {
             Kind.ACCEPT_CHECKSUM, _("Accept checksum"), Run.Kind.ACCEPT_CHECKSUM, lambda subject, action, environment: accept_checksum_check(subject)
         ),
         ActionKind(Kind.REAPPLY, _("Re-apply"), Run.Kind.REAPPLY, lambda subject, action, environment: reapply_check(subject)),
+        ActionKind(Kind.ADOPT, _("Adopt a database's Django migrations"), Run.Kind.ADOPT, _adopt_rule, subject="database"),
     )
 }
 
@@ -202,6 +269,7 @@ EXECUTORS: dict[str, Callable[[Executor, Run], tuple[str, str]]] = {
     Run.Kind.SKIP: skip_execute,
     Run.Kind.REAPPLY: reapply_execute,
     Run.Kind.ACCEPT_CHECKSUM: accept_checksum_execute,
+    Run.Kind.ADOPT: adopt_execute,
 }
 
 

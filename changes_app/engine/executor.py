@@ -13,7 +13,7 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.conf import settings
@@ -28,6 +28,7 @@ from changes_app.engine.faults import crashpoint
 from changes_app.governance.permissions import OPERATE, actor_may
 from changes_app.locks.base import Holder, Lease, LockBackend, RunCancelled
 from changes_app.models import Run
+from changes_app.pipeline import django_migrations
 from changes_app.pipeline.discovery import Pipeline
 from changes_app.pipeline.plan import PENDING, Action, Plan, PlanItem, plan_build
 from changes_app.targets.base import MarkerConflict, TargetSystem, TargetUnavailable, audit_alias, target_systems
@@ -100,7 +101,17 @@ def format_error(error: BaseException) -> str:
 
 
 def strategies_for(pipeline: Pipeline, targets: dict[str, TargetSystem]) -> dict[str, Strategy]:
+    targets = {**django_migrations.targets(), **targets}  # governed Django migrations run on their alias
     return {change.id: targets[change.target].strategy(transactional=change.transactional) for stage in pipeline.stages for change in stage.changes}
+
+
+def pipeline_without_groups(pipeline: Pipeline) -> Pipeline:
+    """The pipeline without the changes aimed at a target group: those run once per member, in
+    fleet runs (changes_app.fleets, docs/fleet.md), never on the group's own connection."""
+    groups = {name for name, config in settings.FLAMINGOCK_TARGET_SYSTEMS.items() if config.get("group")}
+    if not groups:
+        return pipeline
+    return replace(pipeline, stages=[replace(stage, changes=[c for c in stage.changes if c.target not in groups]) for stage in pipeline.stages])
 
 
 class Executor:
@@ -110,19 +121,23 @@ class Executor:
         self, run: Run, *, pipeline: Pipeline, lock: LockBackend, actor: Actor, approval_needed: Callable[[ChangeDefinition], str] | None = None
     ):
         self.run = run
-        self.pipeline = pipeline
+        self.pipeline = self.pipeline_for(pipeline)
         self.lock = lock
         self.actor = actor
         self.approval_needed = approval_needed
         self.environment = run.environment
-        self.targets = target_systems()
-        self.strategies = strategies_for(pipeline, self.targets)
+        self.targets = {**django_migrations.targets(), **target_systems()}  # one per run: carries the ProjectState
+        self.strategies = strategies_for(self.pipeline, self.targets)
         self.alias = audit_alias()
         self.lease: Lease | None = None
         self.results: list[ChangeResult] = []
         self._permitted: dict[str, bool] = {}
         self._last_progress = 0.0
         self._total_written = True  # until execute_pipeline has a plan to count
+
+    def pipeline_for(self, pipeline: Pipeline) -> Pipeline:
+        """The changes this executor runs: a single target's (a fleet member's executor keeps its group's)."""
+        return pipeline_without_groups(pipeline)
 
     # -- lock ------------------------------------------------------------------------------
 

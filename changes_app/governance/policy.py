@@ -15,7 +15,8 @@ from audit_app.services import Actor, audit_record
 from changes_app.conf import current_environment, environments_declared
 from changes_app.definitions import ChangeDefinition
 from changes_app.errors import NotFound, PolicyInvalid, require_reason
-from changes_app.governance.permissions import APPROVE, PermissionRefused, actor_user, environment_protected, users_with
+from changes_app.governance.permissions import APPROVE, PermissionRefused, actor_may, actor_user, environment_protected, users_with
+from changes_app.governance.roles import COMPLIANCE_OFFICER
 from changes_app.models import Approval, ApprovalPolicy, ChangeRequest, TargetSystem
 
 Kind = ChangeRequest.Kind
@@ -157,16 +158,46 @@ def approval_gate(*, environment: str) -> ApprovalGate | None:
 
 
 def approval_evidence(request: ChangeRequest) -> dict:
-    """What the ledger records of the approval behind an action."""
+    """What the ledger records of the approval behind an action (a break-glass use approves as its
+    requester, docs/break-glass.md)."""
     approvers = [a.approver_name for a in request.approvals.all() if a.decision == Approval.Decision.APPROVE]
-    return {
+    evidence = {
         "request_id": request.pk,
         "kind": request.kind,
         "checksum": request.checksum,
         "required": request.required_approvals,
         "approved_by": approvers,
-        "automatic": request.required_approvals == 0,
+        "automatic": request.required_approvals == 0 and not request.break_glass,
     }
+    if request.break_glass:
+        evidence.update(approved_by=[request.requester_name], break_glass=True, incident=request.incident)
+    return evidence
+
+
+# -- break-glass: a use is the approval, for the person who holds the permission ---------------------
+
+#: Act without prior approval in an incident (docs/break-glass.md): its own permission, global or on
+#: a target system; no role holds it by default.
+BREAK_GLASS = "changes_app.break_glass"
+#: Distinct approvals a break-glass review needs, whatever the policy says.
+REVIEW_APPROVALS = 2
+
+
+def break_glass_check(*, actor: Actor, targets: list[str], environment: str) -> int:
+    """Refuse a break-glass use that ``actor`` may not make on ``targets``; returns the approvals the
+    policy would have required (a use is only for an action that a policy governs)."""
+    user = actor_user(actor)
+    if user is None:
+        raise PermissionRefused(f"{actor.name} is not a proven user: break-glass needs a login or a personal API token")
+    if user.groups.filter(name=COMPLIANCE_OFFICER).exists():
+        raise PermissionRefused(f"{actor.name} is a compliance officer: compliance officers never use break-glass")
+    for target in dict.fromkeys(targets):
+        if not actor_may(actor, BREAK_GLASS, target):
+            raise PermissionRefused(f"{actor.name} may not use break-glass on target system {target!r}")
+    required = approvals_required_for(targets, environment)
+    if not required:
+        raise PolicyInvalid(f"no approval governs {', '.join(dict.fromkeys(targets))} in {environment}: perform the action without break-glass")
+    return required
 
 
 # -- what a governed action will need, said before it is confirmed -----------------------------------

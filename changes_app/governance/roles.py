@@ -38,10 +38,13 @@ _SEES_EVERYTHING = (
     "auth.view_permission",
 )
 
-#: role -> the model permissions its group is created with.
+#: role -> the model permissions its group is created with. None holds ``changes_app.break_glass``:
+#: it is given to named on-call people, and a compliance officer is refused it even when granted
+#: (docs/break-glass.md).
 ROLES: dict[str, tuple[str, ...]] = {
     # Verifying the chain now (issue 18) acts on nothing but the trail's own evidence.
-    COMPLIANCE_OFFICER: (*_SEES_EVERYTHING, "audit_app.verify_chain"),
+    # Evidence packs (issue 23) hold the whole period's trail: their own permission, this role's.
+    COMPLIANCE_OFFICER: (*_SEES_EVERYTHING, "audit_app.verify_chain", "changes_app.generate_evidence"),
     # Acting on a target system needs its ``operate`` object permission besides these.
     ENGINEER: (*_SEES_WORK, "changes_app.add_run", "changes_app.add_changerequest", "changes_app.add_requestcomment"),
     # Deciding needs the target system's ``approve`` object permission besides these.

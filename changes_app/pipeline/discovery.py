@@ -29,7 +29,7 @@ from django.db import DatabaseError
 from audit_app.models import ChangeState
 from changes_app.definitions import Change, ChangeDefinition, Recovery, code_steps, parameter_names
 from changes_app.models import ChangeRecord
-from changes_app.pipeline import collector
+from changes_app.pipeline import collector, django_migrations
 from changes_app.pipeline.checksums import checksum_document, checksum_text, pipeline_digest
 from changes_app.targets.base import TargetSystem, target_config_problems, target_systems
 from changes_app.targets.templates import PAYLOAD_KEYS, templates
@@ -468,7 +468,20 @@ def pipeline_discover() -> Pipeline:
             notices.append(f"{problem.path}:{problem.line}: {problem.message} (already recorded: kept, but use the rule for new changes)")
         else:
             loader.problems.append(problem)
-    return _leave_out_disabled(Pipeline(stages=stages, problems=loader.problems, notices=notices), loader.targets)
+    pipeline = _leave_out_disabled(Pipeline(stages=stages, problems=loader.problems, notices=notices), loader.targets)
+    pipeline.stages[:0] = _django_stages(pipeline.problems)
+    return pipeline
+
+
+def _django_stages(problems: list[Problem]) -> list[Stage]:
+    """One stage per governed database alias, run before the other stages (docs/django-migrations.md)."""
+    for label in django_migrations.unknown_configured_labels():
+        problems.append(Problem("django-app", f"FLAMINGOCK_DJANGO_MIGRATIONS names {label!r}, which is not an installed app"))
+    stages = []
+    for alias in django_migrations.governed_aliases():
+        name = django_migrations.stage_name(alias)
+        stages.append(Stage(name=name, package=f"django_migrations ({alias})", changes=list(django_migrations.stage_changes(alias))))
+    return stages
 
 
 def _leave_out_disabled(pipeline: Pipeline, systems: dict[str, TargetSystem]) -> Pipeline:

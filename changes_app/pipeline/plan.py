@@ -10,6 +10,7 @@ from typing import Any
 from audit_app.models import APPLIED_STATES, ChangeState
 from audit_app.models import ChangeStateName as S
 from changes_app.definitions import ChangeDefinition, Recovery, Strategy
+from changes_app.pipeline import django_migrations
 from changes_app.pipeline.discovery import Pipeline
 
 
@@ -170,17 +171,24 @@ def plan_build(
     strategies: Mapping[str, Strategy],
     out_of_order: str = "block",
     approval_needed: Callable[[ChangeDefinition], str] | None = None,
+    adopted: Callable[[str], bool] | None = None,
 ) -> Plan:
     """Resolve every change of the pipeline.
 
     ``strategies`` maps change ids to their execution strategy; ``approval_needed`` returns why a
-    pending change cannot run without an approval ("" when it can).
+    pending change cannot run without an approval ("" when it can); ``adopted`` says whether a
+    database alias's Django migrations may run (default: it reads the adoption, the one read this
+    function makes, and only when a Django stage is in the pipeline).
     """
     stages = []
     for stage in pipeline.stages:
         stage_plan = StagePlan(name=stage.name)
         applied_orders = [change.order for change in stage.changes if change.id in states and states[change.id].state in APPLIED_STATES]
         newest_applied = max(applied_orders, default="")
+        alias = django_migrations.stage_alias(stage.name)
+        if alias is not None:  # the migration graph decides what is out of order, not the file order
+            stages.append(_django_stage(stage, states, environment, strategies, out_of_order, approval_needed, adopted))
+            continue
         for change in stage.changes:
             state = states.get(change.id)
             strategy = strategies[change.id]
@@ -204,6 +212,51 @@ def plan_build(
     known = {*pipeline.by_id, *(change.id for stage in pipeline.left_out for change in stage.changes)}
     missing = [row for change_id, row in sorted(states.items()) if change_id not in known and row.state in APPLIED_STATES]
     return Plan(environment=environment, digest=pipeline.digest, stages=stages, missing=missing, notices=list(pipeline.notices))
+
+
+#: The reason of a Django migration held until its database is adopted (docs/django-migrations.md).
+NOT_ADOPTED = "not_adopted"
+
+
+def _django_stage(stage, states, environment, strategies, out_of_order, approval_needed, adopted) -> StagePlan:
+    """A database alias's governed migrations: out of order means new while an applied migration
+    depends on it; nothing runs until a database with recorder rows is adopted."""
+    alias = django_migrations.stage_alias(stage.name)
+    stage_plan = StagePlan(name=stage.name)
+    applied = {change_id for change_id, state in states.items() if state.state in APPLIED_STATES}
+    for change in stage.changes:
+        state = states.get(change.id)
+        strategy = strategies[change.id]
+        action, reason = resolve(change, strategy, state)
+        item = PlanItem(change, strategy, state, action, reason)
+        if state is not None and state.state in APPLIED_STATES:
+            item.recorded_checksum = state.checksum
+        if state is None:
+            dependants = [other.id for other in stage.changes if other.id in applied and change.id in getattr(other, "ancestors", ())]
+            if dependants:
+                why = f"new, but the applied {dependants[0]} depends on it"
+                if out_of_order == "allow":
+                    item.reason = f"{why}; allowed by FLAMINGOCK_OUT_OF_ORDER"
+                else:
+                    item.action, item.reason = Action.OUT_OF_ORDER, why
+        if item.action == Action.MANUAL_INTERVENTION and change.migration is not None:
+            migration = change.migration
+            item.reason += (
+                f"; see what it runs with `python manage.py sqlmigrate {migration.app_label} {migration.name} --database {alias}`,"
+                f" compare with the database, then record the outcome with `flamingock fix {change.id} --resolution applied|rolled-back`"
+            )
+        stage_plan.items.append(item)
+    is_adopted = adopted(alias) if adopted is not None else not django_migrations.adoption_required(alias, known=states.keys())
+    if not is_adopted:
+        for item in stage_plan.items:
+            if item.action in PENDING:
+                item.action = Action.BLOCKED
+                item.reason = (
+                    f"{NOT_ADOPTED}: database {alias!r} has Django migrations applied outside governance; adopt it first (flamingock adopt django)"
+                )
+        return stage_plan
+    _hold_stage(stage_plan, approval_needed)
+    return stage_plan
 
 
 def _hold_stage(stage: StagePlan, approval_needed) -> None:

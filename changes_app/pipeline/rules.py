@@ -7,6 +7,8 @@ writes anything.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,7 +17,10 @@ from audit_app.models import APPLIED_STATES, ChangeState
 from audit_app.models import ChangeStateName as S
 from changes_app.definitions import ChangeDefinition, Strategy
 from changes_app.errors import ActionRefused, NotFound, PipelineInvalid
+from changes_app.models import DjangoAdoption
+from changes_app.pipeline import django_migrations
 from changes_app.pipeline.discovery import Pipeline, pipeline_load
+from changes_app.pipeline.django_migrations import governed_aliases, governed_migrations, recorded_migrations, stage_alias, stage_name
 from changes_app.pipeline.plan import Action, resolve
 from changes_app.targets.base import target_systems
 
@@ -43,7 +48,7 @@ def subject_of(change_id: str, *, pipeline: Pipeline | None = None) -> Subject:
     change = pipeline.by_id.get(change_id)
     if change is None:
         raise NotFound(f"no change {change_id!r} in the pipeline")
-    strategy = target_systems()[change.target].strategy(transactional=change.transactional)
+    strategy = _targets()[change.target].strategy(transactional=change.transactional)
     return Subject(change, ChangeState.objects.filter(change_id=change_id).first(), strategy)
 
 
@@ -67,9 +72,13 @@ def undo_check(
         }
     applied_names, order, without = frozenset(map(str, APPLIED_STATES)), subject.change.order, _without_rollback(pipeline)
     later, drifted, missing = [], [], []
+    # A Django migration's undo cascades over the graph's applied dependants, not the stage's order.
+    graph = django_migrations.stage_alias(stage.name) is not None
     for change in stage.changes:
         row = recorded.get(change.id)
-        if row is None or row[0] not in applied_names or change.order < order:
+        if row is None or row[0] not in applied_names:
+            continue
+        if (change.id != change_id and change_id not in getattr(change, "ancestors", ())) if graph else change.order < order:
             continue
         later.append(change)
         if row[1] and row[1] != change.checksum:
@@ -81,10 +90,22 @@ def undo_check(
         raise ActionRefused(f"undo refused while the checksum has drifted: {', '.join(drifted)} (accept the checksum or revert the edit first)")
     if missing:
         missing.reverse()
-        raise ActionRefused(
-            f"undo refused: {', '.join(missing)} has no rollback (undoing {change_id} must undo every later applied change of its stage)"
-        )
+        raise ActionRefused(_no_rollback(change_id, missing, graph))
     return subject, later
+
+
+def _no_rollback(change_id: str, missing: list[str], graph: bool) -> str:
+    if graph:
+        return (
+            f"undo refused: {', '.join(missing)} has an irreversible operation "
+            f"(undoing {change_id} must unapply every applied migration that depends on it); nothing was changed"
+        )
+    return f"undo refused: {', '.join(missing)} has no rollback (undoing {change_id} must undo every later applied change of its stage)"
+
+
+def _targets() -> dict:
+    """The configured target systems and the governed Django aliases."""
+    return {**django_migrations.targets(), **target_systems()}
 
 
 #: The pipeline last asked about, and the ids of its changes without a rollback.
@@ -107,7 +128,7 @@ def undo_cascade(change_id: str, *, pipeline: Pipeline | None = None) -> list[Su
     pipeline = pipeline or pipeline_load()
     subject, later = undo_check(change_id, pipeline=pipeline)
     states = {row.change_id: row for row in ChangeState.objects.filter(change_id__in=[c.id for c in later])}
-    targets = target_systems()
+    targets = _targets()
     cascade = [
         Subject(change, states[change.id], targets[change.target].strategy(transactional=change.transactional))
         for change in later
@@ -120,9 +141,7 @@ def undo_cascade(change_id: str, *, pipeline: Pipeline | None = None) -> list[Su
         raise ActionRefused(f"undo refused while the checksum has drifted: {', '.join(drifted)} (accept the checksum or revert the edit first)")
     missing = [s.change.id for s in cascade if not s.change.has_rollback]
     if missing:
-        raise ActionRefused(
-            f"undo refused: {', '.join(missing)} has no rollback (undoing {change_id} must undo every later applied change of its stage)"
-        )
+        raise ActionRefused(_no_rollback(change_id, missing, django_migrations.is_django_change_id(change_id)))
     return cascade
 
 
@@ -172,3 +191,50 @@ def apply_check(subject: Subject, environment: str) -> None:
     action, why = resolve(subject.change, subject.strategy, subject.state)
     if action != Action.APPLY:
         raise ActionRefused(f"{subject.change.id} has nothing to apply (next action {action.value}: {why})")
+
+
+def adoption_target(alias: str) -> str:
+    """The target system that stands for database ``alias``: the target of its Django changes, named
+    after the alias (``django_migrations.targets``). Who may operate it may adopt the alias; its
+    approval policy governs the adoption."""
+    if alias not in django_migrations.targets():
+        raise ActionRefused(f"database {alias!r} has no governed Django migrations (FLAMINGOCK_DJANGO_MIGRATIONS)")
+    return alias
+
+
+def adopt_check(alias: str) -> None:
+    """Whether database ``alias`` may be adopted now (docs/django-migrations.md, "Adoption"): its
+    migrations are governed, it holds recorder rows of governed apps, and nobody adopted it yet."""
+    if alias not in governed_aliases():
+        raise ActionRefused(f"database {alias!r} has no governed Django migrations (FLAMINGOCK_DJANGO_MIGRATIONS)")
+    if DjangoAdoption.objects.filter(alias=alias).exists():
+        raise ActionRefused(f"database {alias!r} is already adopted")
+    if not recorded_migrations(alias):
+        raise ActionRefused(f"database {alias!r} holds no recorder rows of governed apps: it needs no adoption")
+
+
+def adoption_rows(alias: str) -> list[dict[str, str]]:
+    """What adopting ``alias`` would record: ``[{"change_id", "checksum"}]`` of the governed
+    migrations with a recorder row, in graph order."""
+    recorded = recorded_migrations(alias)
+    return [{"change_id": m.change_id, "checksum": m.checksum} for m in governed_migrations(alias) if m.change_id in recorded]
+
+
+def adoption_digest(alias: str) -> str:
+    """The checksum an ADOPT request is bound to: a digest of :func:`adoption_rows`, so that an
+    approval covers exactly the rows seen when it was requested and a changed set makes it stale."""
+    rows = [[row["change_id"], row["checksum"]] for row in adoption_rows(alias)]
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
+
+
+def adoption_subject(alias: str) -> str:
+    """The ``change_id`` an ADOPT request and its run carry: the alias's Django stage (``django:<alias>``)."""
+    return stage_name(alias)
+
+
+def adoption_alias(subject: str) -> str:
+    """The alias of an ADOPT request's or run's ``change_id`` (:func:`adoption_subject`)."""
+    alias = stage_alias(subject or "")
+    if not alias:
+        raise ActionRefused(f"{subject!r} names no database: an adoption is of django:<alias>")
+    return alias

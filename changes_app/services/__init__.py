@@ -30,10 +30,13 @@ from changes_app.governance.permissions import PermissionRefused, SelfDecisionRe
 from changes_app.governance.policy import approvals_required, policy_set
 from changes_app.pipeline.rules import undo_cascade
 from changes_app.services.actions import change_accept_checksum, change_act, change_fix, change_reapply, change_skip, change_undo
+from changes_app.services.adoption import AdoptionStatus, django_adopt, django_adoption_status
+from changes_app.services.break_glass import BreakGlass, BreakGlassInvalid, break_glass_of, reviews_open, reviews_overdue
 from changes_app.services.catalogue import catalogue_sync, target_systems_sync
 from changes_app.services.ledger import ledger_entries
 from changes_app.services.lock import lock_force_release, lock_status
 from changes_app.services.plan import ExitCode, Validation, change_plan, pipeline_plan, pipeline_validate
+from changes_app.services.rendering import migration_render, plan_render, request_render
 from changes_app.services.requests import (
     Submission,
     request_approve,
@@ -55,6 +58,17 @@ from changes_app.services.workers import WorkerStale, pipeline_current, pipeline
 
 __all__ = [
     "ActionRefused",
+    "BreakGlass",
+    "BreakGlassInvalid",
+    "break_glass_of",
+    "reviews_open",
+    "reviews_overdue",
+    "AdoptionStatus",
+    "django_adopt",
+    "django_adoption_status",
+    "migration_render",
+    "plan_render",
+    "request_render",
     "ExitCode",
     "FlamingockError",
     "NotFound",

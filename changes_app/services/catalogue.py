@@ -9,6 +9,7 @@ from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from changes_app.models import ChangeRecord, TargetSystem
+from changes_app.pipeline import django_migrations
 from changes_app.pipeline.discovery import Pipeline, pipeline_load
 from changes_app.targets.base import target_systems
 
@@ -16,7 +17,8 @@ from changes_app.targets.base import target_systems
 def target_systems_sync() -> None:
     """Mirror configured target systems as rows: create, update the connection summary, retire;
     never delete, never touch what is governed (owner, policies, permissions)."""
-    configured = target_systems()
+    # A governed Django alias is a target too: permissions and policies name it (docs/django-migrations.md).
+    configured = {**django_migrations.targets(), **target_systems()}
     existing = {row.name: row for row in TargetSystem.objects.all()}
     for name, system in configured.items():
         row = existing.get(name)

@@ -9,6 +9,7 @@ import logging
 import uuid
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.mail import send_mass_mail
 from django.db import transaction
 from django.dispatch import receiver
@@ -80,6 +81,30 @@ def request_notify(*, request_id: int) -> int:
         ]
     )
     return mail_each(subject, body, addresses_of(approvers))
+
+
+@never_raises
+def review_overdue_notify(*, request_id: int) -> int:
+    """Tell the approvers of a target system, and the person who used break-glass, that a
+    break-glass review is overdue (docs/break-glass.md). Returns the number of messages sent."""
+    review = ChangeRequest.objects.select_related("target_system").filter(pk=request_id, kind=ChangeRequest.Kind.REVIEW).first()
+    if review is None or review.status != ChangeRequest.Status.PENDING:
+        return 0
+    people = list(users_with(permission=APPROVE, target=review.target_system).exclude(pk=review.requester_id or 0))
+    people += list(get_user_model().objects.filter(pk=review.requester_id or 0, is_active=True))
+    count = review.approvals.filter(decision="APPROVE").count()
+    subject = f"[flamingock {review.environment}] OVERDUE break-glass review #{review.pk}: {review.change_id}"
+    body = "\n".join(
+        [
+            f"{review.requester_name} used break-glass on {review.change_id} (incident {review.incident}).",
+            f"The review was due at {review.due_at:%Y-%m-%d %H:%M} UTC and has {count} of {review.required_approvals} approval(s).",
+            f"reason: {review.reason}",
+            "",
+            f"review in the admin: {admin_url(f'/admin/changes_app/changerequest/{review.pk}/change/')}",
+            f'or: python manage.py flamingock approve {review.pk} --comment "..."',
+        ]
+    )
+    return mail_each(subject, body, addresses_of(people))
 
 
 @never_raises

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from changes_app.locks.base import Holder
-from changes_app.models import ChangeRequest, Finding, Run, TargetSystem
+from changes_app.models import ChangeRequest, EvidencePack, Finding, FleetMemberRun, FleetRun, Run, TargetSystem
 from changes_app.pipeline.plan import Action, Plan, PlanItem
 
 if TYPE_CHECKING:
@@ -232,6 +232,12 @@ def request_data(request: ChangeRequest) -> dict[str, Any]:
         "decided_at": datetime_text(request.decided_at, zone_now),
         "expires_at": datetime_text(request.expires_at, zone_now),
         "run_id": _text(request.run_id),
+        # Break-glass (docs/break-glass.md): the use that approved it, or the use a REVIEW reviews.
+        "break_glass": request.break_glass,
+        "incident": request.incident,
+        "reviewed_request_id": request.reviewed_request_id,
+        "due_at": datetime_text(request.due_at, zone_now),
+        "overdue": request.overdue_at is not None,
     }
 
 
@@ -253,6 +259,23 @@ def submission_data(submission: Submission) -> dict[str, Any]:
 
 
 # -- findings, the lock, the trail, the deploy gate ----------------------------------------------------
+
+
+def adoption_data(status) -> dict[str, Any]:
+    """A database alias's adoption (``services.adoption.AdoptionStatus``): whether it is needed, what
+    it would record or recorded, and who adopted it when."""
+    adoption = status.adoption
+    return {
+        "alias": status.alias,
+        "target": status.target,
+        "adoption_required": status.required,
+        "adopted": adoption is not None,
+        "adopted_at": datetime_text(adoption.adopted_at, zone()) if adoption is not None else None,
+        "adopted_by": adoption.adopted_by_name if adoption is not None else "",
+        "reason": adoption.reason if adoption is not None else "",
+        "request_id": adoption.request_id if adoption is not None else None,
+        "migrations": adoption.migrations if adoption is not None else status.recorded,
+    }
 
 
 def finding_data(finding: Finding) -> dict[str, Any]:
@@ -345,4 +368,65 @@ def validation_data(verdict: Validation) -> dict[str, Any]:
         "awaiting_approval": _texts(verdict.awaiting_approval),
         "pending": _texts(verdict.pending),
         "findings": [finding_data(finding) for finding in verdict.findings],
+    }
+
+
+def evidence_pack_data(pack: EvidencePack) -> dict[str, Any]:
+    """An evidence pack: its scope, period, progress and, once done, its manifest's hash and results."""
+    return {
+        "id": pack.pk,
+        "status": pack.status,
+        "requested_by": pack.requested_by,
+        "requested_at": datetime_text(pack.requested_at),
+        "environment": pack.environment,
+        "targets": list(pack.targets),
+        "members": list(pack.members),
+        "from": datetime_text(pack.period_from),
+        "to": datetime_text(pack.period_to),
+        "progress": pack.progress,
+        "total": pack.total,
+        "started_at": datetime_text(pack.started_at),
+        "finished_at": datetime_text(pack.finished_at),
+        "manifest_sha256": pack.manifest_sha256 or None,
+        "results": dict(pack.results),
+        "error": pack.error or None,
+    }
+
+
+def fleet_run_data(fleet: FleetRun, members: Iterable[FleetMemberRun] | None = None) -> dict[str, Any]:
+    """A fleet run: its policy, where it stands, its members by status and, if given, each member."""
+    zone_now = zone()
+    counts: dict[str, int] = {}
+    listed = list(members) if members is not None else list(fleet.members.all())
+    for member in listed:
+        counts[member.status] = counts.get(member.status, 0) + 1
+    return {
+        "id": str(fleet.pk),
+        "target": fleet.target,
+        "environment": fleet.environment,
+        "status": fleet.status,
+        "result": fleet.result or None,
+        "status_reason": fleet.status_reason,
+        "actor": fleet.actor,
+        "source": fleet.source,
+        "policy": {"canary": fleet.canary, "wave_size": fleet.wave_size, "concurrency": fleet.concurrency, "max_failures": fleet.max_failures},
+        "wave": fleet.wave,
+        "halted": fleet.halted,
+        "checksums": fleet.checksums,
+        "created_at": datetime_text(fleet.created_at, zone_now),
+        "finished_at": datetime_text(fleet.finished_at, zone_now),
+        "cancel_requested_at": datetime_text(fleet.cancel_requested_at, zone_now),
+        "cancel_requested_by": fleet.cancel_requested_by,
+        "counts": counts,
+        "members": [
+            {
+                "member": member.member,
+                "wave": member.wave,
+                "status": member.status,
+                "run_id": str(member.run_id) if member.run_id else None,
+                "attempts": member.attempts,
+                "reason": member.reason,
+            }
+            for member in listed
+        ],
     }

@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.dispatch import receiver
 from django.utils import timezone
 
@@ -52,12 +52,13 @@ from changes_app.governance.permissions import (
     target_operate_check,
     target_systems_for,
 )
-from changes_app.governance.policy import apply_approval, approval_evidence, approvals_required_for
+from changes_app.governance.policy import apply_approval, approval_evidence, approvals_required_for, break_glass_check
 from changes_app.governance.refusals import refusals_recorded
 from changes_app.models import Approval, ChangeRequest, RequestComment, Run, TargetSystem
 from changes_app.pipeline.discovery import Pipeline, pipeline_load
-from changes_app.pipeline.rules import subject_of, undo_cascade
+from changes_app.pipeline.rules import adopt_check, adoption_alias, adoption_digest, adoption_target, subject_of, undo_cascade
 from changes_app.services.actions import change_act
+from changes_app.services.break_glass import BYPASSABLE, BreakGlass, BreakGlassInvalid, break_glass_used
 from changes_app.services.catalogue import target_systems_sync
 from changes_app.services.notifications import request_notify
 from changes_app.services.runs import run_create, run_execute, run_finished, run_queue
@@ -76,11 +77,27 @@ EXPIRY = Actor(name="service:request-expiry", via="schedule")
 
 @dataclass
 class _Checked:
-    change: ChangeDefinition
+    #: ``None`` for an action on a database (ADOPT: ``_database_check``).
+    change: ChangeDefinition | None
     #: The checksum the ledger records for the change (ACCEPT_CHECKSUM re-baselines it).
     recorded_checksum: str
     #: The target systems the action touches (an undo cascades over later changes).
     targets: list[str]
+    #: What the request is bound to: the change's checksum, or a database's ``rules.adoption_digest``.
+    checksum: str = ""
+
+    def __post_init__(self) -> None:
+        self.checksum = self.checksum or (self.change.checksum if self.change is not None else "")
+
+
+def _database_check(*, change_id: str, actor: Actor) -> _Checked:
+    """An action on a database (ADOPT, subject ``django:<alias>``): its rule, the actor's permission
+    on the alias's target system, and the recorder rows it covers (docs/django-migrations.md)."""
+    alias = adoption_alias(change_id)
+    adopt_check(alias)
+    target = adoption_target(alias)
+    target_operate_check(actor, target)
+    return _Checked(None, "", [target], adoption_digest(alias))
 
 
 def _action_check(*, kind: str, change_id: str, actor: Actor, pipeline: Pipeline, environment: str) -> _Checked:
@@ -88,6 +105,8 @@ def _action_check(*, kind: str, change_id: str, actor: Actor, pipeline: Pipeline
     action = ACTIONS.get(kind)
     if action is None:
         raise RequestRefused(f"unknown request kind {kind!r}")
+    if action.subject == "database":
+        return _database_check(change_id=change_id, actor=actor)
     subject = subject_of(change_id, pipeline=pipeline)
     targets = [subject.change.target]
     try:
@@ -104,8 +123,12 @@ def _action_check(*, kind: str, change_id: str, actor: Actor, pipeline: Pipeline
     return _Checked(subject.change, subject.state.checksum if subject.state else "", targets)
 
 
-def _binding_check(request: ChangeRequest, pipeline: Pipeline) -> ChangeDefinition:
+def _binding_check(request: ChangeRequest, pipeline: Pipeline) -> ChangeDefinition | None:
     """The request still matches the code and the ledger it was made for."""
+    if request.kind == Kind.ADOPT:  # a database's adoption: bound to the recorder rows it covers
+        if adoption_digest(adoption_alias(request.change_id)) != request.checksum:
+            raise RequestStale(f"request #{request.pk}: the recorder rows of {request.change_id} changed since the request")
+        return None
     change = pipeline.by_id.get(request.change_id)
     if change is None:
         raise RequestStale(f"request #{request.pk}: {request.change_id} is no longer in the pipeline")
@@ -162,7 +185,8 @@ def _locked(request_id: int) -> ChangeRequest:
 
 
 def _expired(request: ChangeRequest, now=None) -> bool:
-    return request.expires_at <= (now or timezone.now())
+    # A break-glass review never lapses: late, it is overdue (``break_glass.reviews_overdue``).
+    return request.kind != Kind.REVIEW and request.expires_at <= (now or timezone.now())
 
 
 def _requester(request: ChangeRequest) -> Actor:
@@ -179,9 +203,16 @@ def _is_requester(request: ChangeRequest, actor: Actor) -> bool:
 
 
 @refusals_recorded("request {kind}", object="change {change_id}")
-def request_create(*, kind: str, change_id: str, actor: Actor, reason: str, source: str = Run.Source.UI) -> ChangeRequest:
+def request_create(
+    *, kind: str, change_id: str, actor: Actor, reason: str, source: str = Run.Source.UI, break_glass: BreakGlass | None = None
+) -> ChangeRequest:
     """Request a governed action on a change; approved at once (and recorded so) where the policy
-    requires no approval. Refuses, writing nothing, what could not be done or by this actor."""
+    requires no approval, or by a ``break_glass`` use of ``actor`` (docs/break-glass.md). Refuses,
+    writing nothing, what could not be done or by this actor."""
+    if break_glass is not None:
+        if kind not in BYPASSABLE:
+            raise BreakGlassInvalid(f"break-glass does not apply to {kind}: only to {', '.join(sorted(BYPASSABLE))}")
+        reason = break_glass.reason
     reason = require_reason(reason, error=RequestRefused)
     environment = current_environment()
     pipeline = pipeline_load()
@@ -189,11 +220,14 @@ def request_create(*, kind: str, change_id: str, actor: Actor, reason: str, sour
         raise PipelineInvalid(pipeline)
     checked = _action_check(kind=kind, change_id=change_id, actor=actor, pipeline=pipeline, environment=environment)
     change = checked.change
-    target = TargetSystem.objects.filter(name=change.target).first()
+    target_name = change.target if change is not None else checked.targets[0]
+    target = TargetSystem.objects.filter(name=target_name).first()
     if target is None:
         target_systems_sync()
-        target = TargetSystem.objects.get(name=change.target)
+        target = TargetSystem.objects.get(name=target_name)
     required = approvals_required_for(checked.targets, environment) or 0
+    if break_glass is not None:
+        required = break_glass_check(actor=actor, targets=checked.targets, environment=environment)
     generation = ChangeState.objects.filter(change_id=change_id).values_list("applied_count", flat=True).first() or 0
     now = timezone.now()
     try:
@@ -203,8 +237,9 @@ def request_create(*, kind: str, change_id: str, actor: Actor, reason: str, sour
                 .filter(environment=environment, change_id=change_id, kind=kind, status=Status.PENDING)
                 .first()
             )
-            if pending is not None:
-                if pending.checksum == change.checksum and not _expired(pending, now):
+            # An emergency is not held up by a request that awaits its approvers: both stay on record.
+            if pending is not None and break_glass is None:
+                if pending.checksum == checked.checksum and not _expired(pending, now):
                     raise RequestDuplicate(f"request #{pending.pk} for the {kind} of {change_id} is already pending")
                 # Superseded: the change was edited since, or the request outlived its expiry.
                 _expire(pending, why="superseded by a new request")
@@ -215,7 +250,7 @@ def request_create(*, kind: str, change_id: str, actor: Actor, reason: str, sour
             request = ChangeRequest.objects.create(
                 kind=kind,
                 change_id=change_id,
-                checksum=change.checksum,
+                checksum=checked.checksum,
                 recorded_checksum=checked.recorded_checksum if kind == Kind.ACCEPT_CHECKSUM else "",
                 environment=environment,
                 target_system=target,
@@ -226,6 +261,8 @@ def request_create(*, kind: str, change_id: str, actor: Actor, reason: str, sour
                 required_approvals=required,
                 applied_generation=generation,
                 expires_at=now + timedelta(hours=settings.FLAMINGOCK_REQUEST_EXPIRY_HOURS),
+                break_glass=break_glass is not None,
+                incident=break_glass.incident if break_glass is not None else "",
             )
             _audit(
                 "request.created",
@@ -237,8 +274,28 @@ def request_create(*, kind: str, change_id: str, actor: Actor, reason: str, sour
                 recorded_checksum=request.recorded_checksum,
                 targets=checked.targets,
                 expires_at=request.expires_at.isoformat(),
+                **({"break_glass": True, "incident": request.incident} if break_glass is not None else {}),
             )
-            if required == 0:
+            if break_glass is not None:
+                # The use is the approval: recorded as the requester's, bound like any other.
+                request.status, request.decided_at = Status.APPROVED, now
+                request.save(update_fields=["status", "decided_at"])
+                _audit(
+                    "request.approved",
+                    request,
+                    actor,
+                    change=change,
+                    reason=reason,
+                    break_glass=True,
+                    incident=request.incident,
+                    approvals=0,
+                    required=required,
+                    final=True,
+                )
+                if kind == Kind.APPLY:
+                    # No run of its own: the next run of the pipeline applies it.
+                    break_glass_used(request=request)
+            elif required == 0:
                 request.status, request.decided_at = Status.APPROVED, now
                 request.save(update_fields=["status", "decided_at"])
                 policy = f"the policy of {target.name} in {environment} requires no approval"
@@ -263,14 +320,24 @@ class Submission:
         return self.request is not None and self.request.status == Status.PENDING
 
 
-def request_submit(*, kind: str, change_id: str, actor: Actor, reason: str, source: str, inline: bool = True) -> Submission:
+def request_submit(
+    *, kind: str, change_id: str, actor: Actor, reason: str, source: str, inline: bool = True, break_glass: BreakGlass | None = None
+) -> Submission:
     """Request or perform: what the acting subcommands (and the admin's action forms) call.
 
     Where nothing governs the change's target system (an unprotected environment without a policy
     row) the action is performed directly, as before approvals existed; where the policy requires
     no approval, the request is approved automatically, recorded, and executed; otherwise the
-    request awaits its approvers.
+    request awaits its approvers. With ``break_glass`` the use approves the request, which is
+    executed at once (docs/break-glass.md).
     """
+    if break_glass is not None:
+        request = request_create(kind=kind, change_id=change_id, actor=actor, reason=reason, source=source, break_glass=break_glass)
+        if kind == Kind.APPLY:
+            return Submission(request, None)
+        run = request_execute(request_id=request.pk, inline=inline)
+        request.refresh_from_db()
+        return Submission(request, run)
     pipeline = pipeline_load()
     subject = subject_of(change_id, pipeline=pipeline)
     targets = [subject.change.target]
@@ -292,7 +359,7 @@ def request_approve(*, request_id: int, actor: Actor, comment: str = "", inline:
     """Record one approval; the last one needed approves the request, which is then executed (on a
     worker, or with ``inline`` in this process)."""
     request = _request_decide(request_id=request_id, actor=actor, decision=Approval.Decision.APPROVE, comment=comment)
-    if request.status == Status.APPROVED and request.kind != Kind.APPLY:
+    if request.status == Status.APPROVED and request.kind not in (Kind.APPLY, Kind.REVIEW):
         try:
             request_execute(request_id=request.pk, inline=inline)
         except (FlamingockError, PermissionRefused) as refused:
@@ -323,7 +390,8 @@ def _request_decide(*, request_id: int, actor: Actor, decision: str, comment: st
         if request.approvals.filter(approver_id=actor.user_id).exists():
             raise RequestRefused(f"{actor.name} has already decided request #{request.pk}")
         change = pipeline.by_id.get(request.change_id)
-        if decision == Approval.Decision.APPROVE:
+        # A review approves what was done, whatever the code became since.
+        if decision == Approval.Decision.APPROVE and request.kind != Kind.REVIEW:
             change = _binding_check(request, pipeline)
         Approval.objects.create(
             request=request,
@@ -364,6 +432,8 @@ def request_cancel(*, request_id: int, actor: Actor, comment: str = "") -> Chang
         request = _locked(request_id)
         if not _is_requester(request, actor):
             raise PermissionRefused(f"{actor.name} may not cancel request #{request.pk}: only its requester ({request.requester_name}) can")
+        if request.kind == Kind.REVIEW:
+            raise PermissionRefused(f"{actor.name} may not withdraw break-glass review #{request.pk}: it stays open until two others decide it")
         if request.status not in (Status.PENDING, Status.APPROVED) or request.run_id is not None:
             raise RequestNotPending(f"request #{request.pk} is {request.status}: only a request not yet executed can be cancelled")
         request.status = Status.CANCELLED
@@ -405,7 +475,9 @@ def requests_expire(*, now=None) -> list[int]:
     now = now or timezone.now()
     environment = current_environment()
     expired = []
-    due = ChangeRequest.objects.filter(environment=environment, expires_at__lte=now, run__isnull=True, status__in=[Status.PENDING, Status.APPROVED])
+    due = ChangeRequest.objects.filter(
+        environment=environment, expires_at__lte=now, run__isnull=True, status__in=[Status.PENDING, Status.APPROVED]
+    ).exclude(kind=Kind.REVIEW)
     for pk in list(due.values_list("pk", flat=True)):
         with transaction.atomic():
             request = _locked(pk)
@@ -453,6 +525,8 @@ def request_execute(*, request_id: int, inline: bool = False) -> Run:
         )
         request.run = run
         request.save(update_fields=["run"])
+        if request.break_glass:
+            break_glass_used(request=request, run=run)
     if inline:
         run = run_execute(run_id=run.id)
     return run
@@ -504,9 +578,8 @@ def requests_awaiting(*, actor: Actor) -> QuerySet[ChangeRequest]:
         return ChangeRequest.objects.none()
     approvable = target_systems_for(user=user, permission=APPROVE)
     return (
-        ChangeRequest.objects.filter(
-            environment=current_environment(), status=Status.PENDING, expires_at__gt=timezone.now(), target_system__in=approvable
-        )
+        ChangeRequest.objects.filter(environment=current_environment(), status=Status.PENDING, target_system__in=approvable)
+        .filter(Q(expires_at__gt=timezone.now()) | Q(kind=Kind.REVIEW))
         .exclude(requester=user)
         .exclude(approvals__approver=user)
         .select_related("target_system")

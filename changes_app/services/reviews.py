@@ -97,6 +97,8 @@ class RequestReview:
             "eligible_approvers": list(self.gate.approvers),
             "may_decide": self.may_decide,
             "why_not": self.refusal,
+            # A Django migration's SQL and RunPython code, rendered once when it was requested.
+            "rendered": self.request.rendered or None,
         }
 
 
@@ -105,7 +107,8 @@ def decision_refusal(*, request: ChangeRequest, actor: Actor, targets: list[str]
     checks, in its order, without writing anything."""
     if request.status != Status.PENDING:
         return f"This request is {request.get_status_display().lower()}: only a pending request is decided."
-    if request.expires_at <= timezone.now():
+    # A break-glass review never expires: late, it is overdue and still decided.
+    if request.kind != Kind.REVIEW and request.expires_at <= timezone.now():
         return "This request has expired: request it again."
     try:
         for target in targets:
@@ -139,6 +142,9 @@ def request_review(*, request: ChangeRequest, actor: Actor) -> RequestReview:
     elif request.kind == Kind.ACCEPT_CHECKSUM and request.recorded_checksum:
         diff = source_diff(old_checksum=request.recorded_checksum, new_checksum=request.checksum, new_source=change.source if change else None)
     gate = gate_preview(targets=targets, environment=request.environment, requester_id=request.requester_id)
+    if request.kind == Kind.REVIEW:
+        # A break-glass review needs its own count (two at least), whatever the policy says.
+        gate = GatePreview(gate.targets, gate.environment, request.required_approvals, gate.approvers)
     return RequestReview(
         request=request,
         script=change_script(change) if change is not None else None,

@@ -4,6 +4,8 @@ guards the product (the chain verification, the drift checks) is recorded as ``s
 
 from __future__ import annotations
 
+from django.db import connections
+
 from audit_app.services import Actor, audit_record
 from changes_app.conf import current_environment
 
@@ -11,10 +13,12 @@ from changes_app.conf import current_environment
 DEFAULT_SCHEDULES = {
     "flamingock: reap dead and lost runs": ("flamingock.runs_reap", 60),
     "flamingock: expire requests": ("flamingock.requests_expire", 300),
+    "flamingock: overdue break-glass reviews": ("flamingock.reviews_overdue", 300),
     "flamingock: sign the audit chain head": ("flamingock.audit_checkpoint", 300),
     "flamingock: verify the audit chain": ("flamingock.audit_verify", 86400),
     "flamingock: definition and operational drift": ("flamingock.drift_check", 300),
     "flamingock: live drift": ("flamingock.drift_check_live", 3600),
+    "flamingock: discover fleet members": ("flamingock.fleet_members_discover", 600),
 }
 
 
@@ -22,6 +26,10 @@ def schedules_ensure(**kwargs) -> list[str]:
     """Create the missing default schedules; returns the names created."""
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+    # post_migrate is sent after every migrate, also one of another app before beat's tables exist
+    # (a host migrating app by app): the schedules are made by the migrate that makes the tables.
+    if PeriodicTask._meta.db_table not in connections[kwargs.get("using") or "default"].introspection.table_names():
+        return []
     created = []
     for name, (task, seconds) in DEFAULT_SCHEDULES.items():
         if PeriodicTask.objects.filter(name=name).exists():

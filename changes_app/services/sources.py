@@ -46,6 +46,17 @@ def change_source_store(change: ChangeDefinition) -> None:
     source_store(checksum=change.checksum, source=change.source, kind=change.kind)
 
 
+def change_sources_store(changes: list[ChangeDefinition]) -> None:
+    """:func:`change_source_store` of many changes in one statement (a run's end: one per change
+    cost a round trip each); the first source of a checksum stays, as there."""
+    rows: dict[str, ChangeSource] = {}
+    for change in changes:
+        if change.checksum and change.checksum not in rows:
+            rows[change.checksum] = ChangeSource(checksum=change.checksum, kind=change.kind, source=normalise_text(change.source))
+    if rows:
+        ChangeSource.objects.bulk_create(list(rows.values()), ignore_conflicts=True, batch_size=500)
+
+
 @dataclass
 class SourceDiff:
     """How the source moved from ``old`` to ``new`` (checksums), line by line."""
@@ -176,7 +187,11 @@ def _store_on_run_finished(sender, *, run: Run, **kwargs) -> None:
     if not touched:
         return
     recorded = dict(ChangeState.objects.filter(change_id__in=touched).values_list("change_id", "checksum"))
-    for change_id in touched:
-        change = _pipeline_change(change_id)
-        if change is not None and recorded.get(change_id) == change.checksum:
-            change_source_store(change)
+    try:
+        pipeline = pipeline_load()
+    except FlamingockError:
+        return
+    if not pipeline.valid:
+        return
+    changes = [pipeline.by_id.get(change_id) for change_id in sorted(touched)]
+    change_sources_store([change for change in changes if change is not None and recorded.get(change.id) == change.checksum])

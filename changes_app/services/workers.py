@@ -140,7 +140,12 @@ def pipeline_current_record(*, recorded_by: str, pipeline: Pipeline | None = Non
 def pipeline_record_on_migrate(sender, *, using: str = "default", **kwargs) -> None:
     """``post_migrate``: the deploy step records the current pipeline. A pipeline that cannot be
     discovered never stops a migration; the first run or plan says why."""
-    if getattr(sender, "label", "") != "changes_app":
+    if getattr(sender, "label", "") != "changes_app" or kwargs.get("flamingock_run"):
+        # Only the deploy step's migrate records the digest, never a governed run's post_migrate.
+        return
+    # post_migrate is sent for every app, also by a migrate of another app before changes_app's own
+    # tables exist (a host migrating its apps one at a time): nothing to record yet.
+    if DeployedPipeline._meta.db_table not in connections[using].introspection.table_names():
         return
     try:
         pipeline_current_record(recorded_by="migrate")

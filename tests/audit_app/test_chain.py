@@ -72,8 +72,8 @@ def test_hash_ignores_key_order_of_details_and_the_time_zone_of_the_timestamp():
 
 
 def test_unknown_chain_version_is_refused():
-    with pytest.raises(ValueError, match="unknown chain version 2"):
-        entry_hash(1, GENESIS_HASH, GOLDEN_AT, GOLDEN_FIELDS, version=2)
+    with pytest.raises(ValueError, match="unknown chain version 3"):
+        entry_hash(1, GENESIS_HASH, GOLDEN_AT, GOLDEN_FIELDS, version=3)
 
 
 # -- the writer ---------------------------------------------------------------------------------------

@@ -298,8 +298,8 @@ def test_the_permission_screen_lists_operate_and_approve_first_each_with_a_sente
     page = client_of(platform).get(url).content.decode()
 
     values = [chunk.split('"')[1] for chunk in page.split('name="permissions" value=')[1:]]
-    assert values[:2] == ["operate_targetsystem", "approve_targetsystem"]
-    assert set(values[2:]) == {"add_targetsystem", "change_targetsystem", "delete_targetsystem", "view_targetsystem"}
+    assert values[:3] == ["operate_targetsystem", "approve_targetsystem", "break_glass"]
+    assert set(values[3:]) == {"add_targetsystem", "change_targetsystem", "delete_targetsystem", "view_targetsystem"}
     assert "Operate: run the pipeline and ask for apply, undo, fix, skip and re-apply" in page
     assert "Approve: approve or reject requests on this target system" in page
     assert page.index("Approve: approve") < page.index("Generic: Can add target system")

@@ -1,0 +1,93 @@
+"""The lock of one member of a target group: a database lease like the pipeline lock's, with its
+fencing token from the member's row of the fence table (``UPDATE ... token + 1``), never from a
+database sequence per member: a fleet of thousands of members makes no thousands of sequences."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import IntegrityError, connections, router, transaction
+from django.db.models import Q
+from django.db.models.functions import Now
+
+from audit_app.services import FenceRefused
+from changes_app.locks.base import Lease, RunCancelled
+from changes_app.locks.database import DatabaseLeaseLock
+from changes_app.models import Fence, LockLease, Run
+
+
+def member_lock_name(*, environment: str, target: str, member: str) -> str:
+    return f"member:{environment}:{target}:{member}"
+
+
+def member_token_issue(name: str) -> int:
+    """Issue the next fencing token of member lock ``name`` from its fence row. The update waits for
+    the row lock a fenced transaction of the previous holder still holds (as ``fence_advance`` does)."""
+    using = router.db_for_write(Fence)
+    table = Fence._meta.db_table
+    # One statement, one round trip: the row made at the lock's first token, advanced at every other.
+    sql = f"INSERT INTO {table} (name, token) VALUES (%s, 1) ON CONFLICT (name) DO UPDATE SET token = {table}.token + 1 RETURNING token"
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(sql, [name])
+        return cursor.fetchone()[0]
+
+
+class MemberLease(Lease):
+    """A lease whose fence check compares with the member's fence row on every database."""
+
+    def statement(self, *, using: str) -> tuple[str, list]:
+        connection = connections[using]
+        sql = f"UPDATE {Fence._meta.db_table} SET checked_at = CURRENT_TIMESTAMP WHERE name = %s AND token = %s"
+        params: list = [self.name, self.token]
+        if self.cancel_check:
+            self.cancel_check = False
+            sql += f" AND NOT EXISTS (SELECT 1 FROM {Run._meta.db_table} WHERE id = %s AND cancel_requested_at IS NOT NULL)"
+            params.append(Run._meta.pk.get_db_prep_value(self.run_id, connection))
+        return sql, params
+
+    def refused(self, *, using: str) -> None:
+        newest = Fence.objects.using(using).filter(name=self.name).values_list("token", flat=True).first()
+        if newest == self.token:
+            by = Run.objects.using(using).filter(pk=self.run_id).values_list("cancel_requested_by", flat=True).first()
+            raise RunCancelled(f"cancelled by {by}")
+        self.lost_reason = self.lost_reason or f"fencing token {self.token} is no longer the newest"
+        raise FenceRefused(f"fencing token {self.token} of lock {self.name!r} is stale: another holder took the lock")
+
+
+class MemberLeaseLock(DatabaseLeaseLock):
+    """The lease lock of one member: members of a group run in parallel, each under its own."""
+
+    def try_acquire(self, *, run_id, actor) -> Lease | None:
+        try:
+            LockLease.objects.using(self.using).get_or_create(name=self.name)
+        except IntegrityError:
+            pass
+        with transaction.atomic(using=self.using):
+            claimed = (
+                LockLease.objects.using(self.using)
+                .filter(name=self.name)
+                .filter(Q(owner="") | Q(expires_at__lte=Now()))
+                .update(
+                    owner=uuid.uuid4().hex,
+                    run_id=run_id,
+                    holder=actor.name,
+                    host=actor.host,
+                    pid=actor.pid,
+                    acquired_at=Now(),
+                    expires_at=self._expiry(),
+                )
+            )
+            if not claimed:
+                return None
+            token = member_token_issue(self.name)
+            LockLease.objects.using(self.using).filter(name=self.name).update(token=token)
+        return MemberLease(self, token=token, run_id=run_id)
+
+    def force_release(self):
+        with transaction.atomic(using=self.using):
+            row = LockLease.objects.using(self.using).select_for_update().filter(name=self.name).exclude(owner="").first()
+            if row is None:
+                return None
+            LockLease.objects.using(self.using).filter(name=self.name).update(owner="", run_id=None, holder="", host="", pid=None, expires_at=None)
+        member_token_issue(self.name)  # the released holder can write nothing more
+        return row

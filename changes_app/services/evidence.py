@@ -1,0 +1,194 @@
+"""Evidence packs (docs/compliance.md, "Evidence packs"): asked for from the admin, the API or the
+command line, made on a worker with progress, downloaded through a permission check.
+
+A pack covers a period (``to`` exclusive) and a scope (target systems and members of target groups
+in this environment). Asking needs ``changes_app.generate_evidence`` (the Compliance officer role);
+a refusal is recorded (``access.refused``). The row exists before its task is queued, by name, once
+the row commits. The worker writes the zip under ``FLAMINGOCK_EVIDENCE_DIR`` and then
+``evidence.generated`` (scope, period, manifest hash) in the trail.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from audit_app.evidence.build import pack_build
+from audit_app.services import Actor, audit_record
+from changes_app.errors import ActionRefused, NotFound
+from changes_app.governance.permissions import PermissionRefused, actor_user, environment_protected
+from changes_app.governance.refusals import refusals_recorded
+from changes_app.models import EvidencePack, TargetSystem
+from changes_app.services.queue import task_send
+
+logger = logging.getLogger("flamingock.services")
+
+GENERATE = "changes_app.generate_evidence"
+#: The Celery task that makes a pack (changes_app.tasks), queued by its name.
+EVIDENCE_TASK = "flamingock.evidence_generate"
+#: Progress is written at most this often (seconds).
+PROGRESS_EVERY = 0.5
+#: Names in a scope, at most.
+SCOPE_NAMES = 200
+
+
+class EvidenceInvalid(ActionRefused):
+    """The period or the scope cannot make a pack; nothing was written."""
+
+
+def evidence_may(actor: Actor) -> bool:
+    """Whether ``actor`` may make and download packs: a user holding the permission, or the local
+    operator of an unprotected environment (as for every other action)."""
+    user = actor_user(actor)
+    if user is None:
+        return actor.user_id is None and not environment_protected()
+    return user.has_perm(GENERATE)
+
+
+def evidence_visible(*, user) -> QuerySet[EvidencePack]:
+    """The packs ``user`` may see and download: all of them with the permission, none without."""
+    packs = EvidencePack.objects.all()
+    return packs if user is not None and user.is_active and user.has_perm(GENERATE) else packs.none()
+
+
+def _names(values, what: str) -> list[str]:
+    names = sorted({str(value).strip() for value in values or () if str(value).strip()})
+    if len(names) > SCOPE_NAMES:
+        raise EvidenceInvalid(f"at most {SCOPE_NAMES} {what} in a scope")
+    return names
+
+
+@refusals_recorded("evidence.generate")
+def evidence_request(
+    *,
+    actor: Actor,
+    since: datetime,
+    until: datetime,
+    targets=(),
+    members=(),
+    queue: bool = True,
+) -> EvidencePack:
+    """Ask for the pack of ``[since, until)`` for the scope, in this environment; it is queued to a
+    worker once the row commits (``queue=False``: the caller makes it, as the command line does)."""
+    if not evidence_may(actor):
+        raise PermissionRefused(f"{actor.name} may not generate evidence packs ({GENERATE})")
+    if timezone.is_naive(since) or timezone.is_naive(until):
+        raise EvidenceInvalid("the period's start and end must be dates or times with a time zone")
+    if until <= since:
+        raise EvidenceInvalid("the period's end (--to, exclusive) must be after its start (--from)")
+    targets, members = _names(targets, "target systems"), _names(members, "members")
+    unknown = sorted(set(targets) - set(TargetSystem.objects.filter(name__in=targets).values_list("name", flat=True)))
+    if unknown:
+        raise EvidenceInvalid(f"unknown target system(s): {', '.join(unknown)}")
+    with transaction.atomic():
+        pack = EvidencePack.objects.create(
+            requested_by=actor.name,
+            requested_by_user=actor_user(actor),
+            environment=settings.FLAMINGOCK_ENVIRONMENT,
+            targets=targets,
+            members=members,
+            period_from=since,
+            period_to=until,
+        )
+        if queue:
+            pk = pack.pk
+            transaction.on_commit(lambda: task_send(EVIDENCE_TASK, args=[pk]))
+    return pack
+
+
+def evidence_dir() -> Path:
+    return Path(settings.FLAMINGOCK_EVIDENCE_DIR)
+
+
+def _claim(pack_id: int) -> EvidencePack | None:
+    with transaction.atomic():
+        pack = EvidencePack.objects.select_for_update().filter(pk=pack_id).first()
+        if pack is None:
+            raise NotFound(f"no evidence pack {pack_id}")
+        if pack.status != EvidencePack.Status.QUEUED:
+            return None  # a duplicate delivery: another worker has it
+        pack.status, pack.started_at = EvidencePack.Status.RUNNING, timezone.now()
+        pack.save(update_fields=["status", "started_at"])
+    return pack
+
+
+def evidence_generate(*, pack_id: int) -> EvidencePack:
+    """Make a queued pack (the worker's task; the command line in-process). Progress is written to
+    the row as the period's entries are; a failure is recorded on the row, never half a file."""
+    pack = _claim(pack_id)
+    if pack is None:
+        return EvidencePack.objects.get(pk=pack_id)
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY:
+            last[0] = now
+            EvidencePack.objects.filter(pk=pack.pk).update(progress=done, total=total)
+
+    name = f"evidence-{pack.pk}-{pack.environment}-{pack.period_from:%Y%m%d}-{pack.period_to:%Y%m%d}.zip"
+    try:
+        result = pack_build(
+            path=evidence_dir() / name,
+            since=pack.period_from,
+            until=pack.period_to,
+            environment=pack.environment,
+            targets=pack.targets,
+            members=pack.members,
+            protected_environments=list(settings.FLAMINGOCK_PROTECTED_ENVIRONMENTS),
+            drift_ack_hours=settings.FLAMINGOCK_EVIDENCE_DRIFT_ACK_HOURS,
+            review_hours=settings.FLAMINGOCK_BREAK_GLASS_REVIEW_HOURS,
+            requested_by=pack.requested_by,
+            progress=progress,
+        )
+    except Exception as error:
+        logger.exception("evidence pack %s failed", pack.pk)
+        EvidencePack.objects.filter(pk=pack.pk).update(
+            status=EvidencePack.Status.FAILED, finished_at=timezone.now(), error=f"{type(error).__name__}: {error}"[:2000]
+        )
+        return EvidencePack.objects.get(pk=pack.pk)
+    results = {control["id"]: control["result"] for control in result.controls}
+    with transaction.atomic():
+        pack = EvidencePack.objects.select_for_update().get(pk=pack.pk)
+        pack.status, pack.finished_at = EvidencePack.Status.DONE, timezone.now()
+        pack.progress = pack.total = result.entries
+        pack.file_path, pack.manifest_sha256, pack.results = name, result.manifest_sha256, results
+        pack.save(update_fields=["status", "finished_at", "progress", "total", "file_path", "manifest_sha256", "results"])
+        user = pack.requested_by_user
+        audit_record(
+            event="evidence.generated",
+            actor=Actor(name=pack.requested_by, user_id=user.pk if user else None, via="evidence"),
+            environment=pack.environment,
+            details={
+                "pack": pack.pk,
+                "scope": {"environment": pack.environment, "targets": pack.targets, "members": pack.members},
+                "period": {"from": pack.period_from.isoformat(), "to": pack.period_to.isoformat()},
+                "manifest_sha256": result.manifest_sha256,
+                "entries": result.entries,
+                "results": results,
+            },
+        )
+    return pack
+
+
+@refusals_recorded("evidence.download", object="evidence pack {pack_id}")
+def evidence_file(*, pack_id: int, actor: Actor) -> tuple[EvidencePack, Path]:
+    """The file of a finished pack, for ``actor`` (who must hold the permission)."""
+    if not evidence_may(actor):
+        raise PermissionRefused(f"{actor.name} may not download evidence packs ({GENERATE})")
+    pack = EvidencePack.objects.filter(pk=pack_id).first()
+    if pack is None:
+        raise NotFound(f"no evidence pack {pack_id}")
+    if pack.status != EvidencePack.Status.DONE:
+        raise ActionRefused(f"evidence pack {pack_id} is {pack.get_status_display().lower()}, not done")
+    path = evidence_dir() / pack.file_path
+    if not path.is_file():
+        raise NotFound(f"the file of evidence pack {pack_id} is no longer in {evidence_dir()}")
+    return pack, path

@@ -1,0 +1,237 @@
+"""Evidence packs through the interfaces (issue 23): the API, the admin's Evidence page and the command
+line ask for a pack and download it, only with ``changes_app.generate_evidence`` (the Compliance officer
+role's); a refusal is recorded and changes nothing; bad input is a clear error that writes nothing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import zipfile
+
+import pytest
+from django.urls import reverse
+
+from audit_app.evidence.offline import CONTROL_TITLES, EXCEPTION, verify_pack
+from audit_app.models import AuditEntry
+from audit_app.signing import public_key_hex, signing_key
+from changes_app.governance.roles import COMPLIANCE_OFFICER, ENGINEER, PLATFORM_ADMIN
+from changes_app.models import EvidencePack
+from changes_app.services.evidence import evidence_generate, evidence_request
+from tests.audit_app.evidence.builder import Q1_END, Q1_START, TrailBuilder, quarter_with_exceptions
+from tests.changes_app.api.conftest import client_for
+from tests.support.governance import person
+from tests.support.trails import cli
+
+pytestmark = pytest.mark.django_db
+PERIOD = {"from": "2026-01-01T00:00:00Z", "to": "2026-04-01T00:00:00Z"}
+
+
+@pytest.fixture(autouse=True)
+def evidence_dir(settings, tmp_path, monkeypatch):
+    # A protected environment signs only with a configured key.
+    monkeypatch.setenv("FLAMINGOCK_AUDIT_SIGNING_KEY", base64.b64encode(bytes(range(32))).decode())
+    settings.FLAMINGOCK_EVIDENCE_DIR = tmp_path / "evidence"
+    settings.FLAMINGOCK_ENVIRONMENT = "prod"
+    settings.FLAMINGOCK_PROTECTED_ENVIRONMENTS = ["prod"]
+    settings.FLAMINGOCK_EVIDENCE_DRIFT_ACK_HOURS = 24
+    settings.FLAMINGOCK_BREAK_GLASS_REVIEW_HOURS = 48
+    return settings.FLAMINGOCK_EVIDENCE_DIR
+
+
+@pytest.fixture
+def quarter():
+    quarter_with_exceptions(TrailBuilder())
+
+
+@pytest.fixture
+def officer():
+    return person("carla", COMPLIANCE_OFFICER)
+
+
+@pytest.fixture
+def engineer():
+    return person("eddie", ENGINEER)
+
+
+def key() -> str:
+    return public_key_hex(signing_key())
+
+
+def refusals() -> list[tuple[str, str]]:
+    return list(AuditEntry.objects.filter(event="access.refused").values_list("actor", "details__action"))
+
+
+# -- the API ------------------------------------------------------------------------------------------
+
+
+def test_a_compliance_officer_asks_through_the_api_follows_its_progress_and_downloads_a_pack_that_verifies(quarter, officer, evidence_dir):
+    client = client_for(officer)
+    asked = client.post("/api/v1/evidence/", PERIOD, format="json")
+    assert asked.status_code == 202, asked.content
+    body = asked.json()
+    assert (body["status"], body["environment"], body["from"], body["requested_by"]) == ("QUEUED", "prod", "2026-01-01T00:00:00Z", "carla")
+    evidence_generate(pack_id=body["id"])  # what the worker's task calls (a real worker: test_evidence_worker.py)
+    done = client.get(f"/api/v1/evidence/{body['id']}/").json()
+    assert done["status"] == "DONE" and done["results"] == dict.fromkeys(CONTROL_TITLES, EXCEPTION)
+    assert done["progress"] == done["total"] == AuditEntry.objects.filter(created_at__gte=Q1_START, created_at__lt=Q1_END).count()
+    download = client.get(f"/api/v1/evidence/{body['id']}/download/")
+    assert download.status_code == 200 and download["Content-Type"] == "application/zip"
+    name = EvidencePack.objects.get(pk=body["id"]).file_path
+    assert name and b"".join(download.streaming_content)[:2] == b"PK"
+    pack = evidence_dir / name
+    assert verify_pack(pack, public_key=key()).ok
+    generated = AuditEntry.objects.get(event="evidence.generated")
+    assert generated.actor == "carla" and generated.details["manifest_sha256"] == done["manifest_sha256"]
+    assert generated.details["period"] == {"from": "2026-01-01T00:00:00+00:00", "to": "2026-04-01T00:00:00+00:00"}
+    assert [item["id"] for item in client.get("/api/v1/evidence/").json()] == [body["id"]]
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [("post", "/api/v1/evidence/"), ("get", "/api/v1/evidence/"), ("get", "/api/v1/evidence/{id}/"), ("get", "/api/v1/evidence/{id}/download/")],
+)
+def test_an_engineer_is_refused_every_evidence_endpoint_and_the_refusal_is_recorded(officer, engineer, method, path):
+    pack = evidence_request(actor=officer.actor, since=Q1_START, until=Q1_END, queue=False)
+    before = EvidencePack.objects.count()
+    response = getattr(client_for(engineer), method)(path.format(id=pack.pk), PERIOD if method == "post" else None, format="json")
+    assert response.status_code == 403, response.content
+    assert EvidencePack.objects.count() == before
+    assert refusals()[-1][0] == "eddie"
+
+
+def test_an_anonymous_client_is_refused():
+    assert client_for().post("/api/v1/evidence/", PERIOD, format="json").status_code in (401, 403)
+    assert EvidencePack.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"from": "2026-04-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "must be after its start"),
+        ({"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "must be after its start"),
+        ({**PERIOD, "targets": ["no-such-target"]}, "unknown target system(s): no-such-target"),
+        ({"from": "yesterday", "to": "2026-01-01T00:00:00Z"}, "from"),
+    ],
+)
+def test_bad_input_is_a_clear_400_and_writes_nothing(officer, body, message):
+    client = client_for(officer)  # its token's creation is audited
+    entries = AuditEntry.objects.count()
+    response = client.post("/api/v1/evidence/", body, format="json")
+    assert response.status_code in (400, 409), response.content
+    assert message in response.content.decode()
+    assert EvidencePack.objects.count() == 0 and AuditEntry.objects.count() == entries
+
+
+def test_a_pack_not_done_cannot_be_downloaded(officer):
+    pack = evidence_request(actor=officer.actor, since=Q1_START, until=Q1_END, queue=False)
+    response = client_for(officer).get(f"/api/v1/evidence/{pack.pk}/download/")
+    assert response.status_code == 409 and "queued, not done" in response.content.decode()
+
+
+def test_a_duplicate_delivery_of_the_task_finds_the_pack_claimed_and_makes_nothing(quarter, officer):
+    pack = evidence_request(actor=officer.actor, since=Q1_START, until=Q1_END, queue=False)
+    evidence_generate(pack_id=pack.pk)
+    again = evidence_generate(pack_id=pack.pk)
+    assert again.status == "DONE" and AuditEntry.objects.filter(event="evidence.generated").count() == 1
+
+
+def test_a_failure_is_recorded_on_the_row_and_leaves_no_file(officer, settings, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the directory should be")
+    settings.FLAMINGOCK_EVIDENCE_DIR = blocker
+    pack = evidence_request(actor=officer.actor, since=Q1_START, until=Q1_END, queue=False)
+    failed = evidence_generate(pack_id=pack.pk)
+    assert failed.status == "FAILED" and failed.error and not AuditEntry.objects.filter(event="evidence.generated").exists()
+
+
+# -- the admin's Evidence page -------------------------------------------------------------------------
+
+
+def test_the_evidence_page_generates_a_pack_and_shows_its_progress_and_download(quarter, officer, client):
+    client.force_login(officer.user)
+    page = client.get(reverse("admin:changes_app_evidencepack_add"))
+    assert page.status_code == 200 and b"flk-evidence-form" in page.content
+    posted = client.post(reverse("admin:changes_app_evidencepack_add"), {"period_from": "2026-01-01", "period_to": "2026-04-01"})
+    pack = EvidencePack.objects.get()
+    assert posted.status_code == 302 and posted["Location"] == reverse("admin:changes_app_evidencepack_change", args=[pack.pk])
+    queued = client.get(posted["Location"])
+    assert b'http-equiv="refresh"' in queued.content and b"Queued" in queued.content
+    evidence_generate(pack_id=pack.pk)
+    done = client.get(posted["Location"])
+    assert b"flk-evidence-download" in done.content and b"EXCEPTION" in done.content
+    download = client.get(reverse("admin:changes_app_evidencepack_download", args=[pack.pk]))
+    assert download.status_code == 200 and download["Content-Disposition"].startswith("attachment")
+    listing = client.get(reverse("admin:changes_app_evidencepack_changelist")).content.decode()
+    assert reverse("admin:changes_app_evidencepack_download", args=[pack.pk]) in listing
+
+
+def test_the_evidence_page_refuses_a_bad_period_and_writes_nothing(officer, client):
+    client.force_login(officer.user)
+    page = client.post(reverse("admin:changes_app_evidencepack_add"), {"period_from": "2026-04-01", "period_to": "2026-01-01"})
+    assert page.status_code == 200 and b"must be after its start" in page.content
+    assert EvidencePack.objects.count() == 0
+
+
+@pytest.mark.parametrize("role", [ENGINEER, PLATFORM_ADMIN])
+def test_other_roles_see_no_evidence_page_and_cannot_download(officer, client, role):
+    pack = evidence_request(actor=officer.actor, since=Q1_START, until=Q1_END, queue=False)
+    other = person("otto", role)
+    client.force_login(other.user)
+    assert client.get(reverse("admin:changes_app_evidencepack_add")).status_code == 403
+    assert client.get(reverse("admin:changes_app_evidencepack_changelist")).status_code == 403
+    assert client.get(reverse("admin:changes_app_evidencepack_change", args=[pack.pk])).status_code == 403
+    assert client.get(reverse("admin:changes_app_evidencepack_download", args=[pack.pk])).status_code == 403
+    assert EvidencePack.objects.count() == 1
+
+
+# -- the command line ---------------------------------------------------------------------------------
+
+
+def test_the_command_line_writes_a_pack_and_verify_pack_checks_it(quarter, tmp_path, settings):
+    settings.FLAMINGOCK_ENVIRONMENT = "dev"  # the local operator acts only in an unprotected environment
+    settings.FLAMINGOCK_PROTECTED_ENVIRONMENTS = ["prod"]
+    output = tmp_path / "q1.zip"
+    made = cli("evidence", "--from", "2026-01-01", "--to", "2026-04-01", "--output", str(output), "--json")
+    assert made.code == 0, made.err
+    data = json.loads(made.out)
+    assert data["output"] == str(output) and data["status"] == "DONE" and data["environment"] == "dev"
+    verified = cli("audit", "verify-pack", str(output), "--public-key", key(), "--offline", "--json")
+    assert verified.code == 0 and json.loads(verified.out)["ok"] is True
+    edited = tmp_path / "edited.zip"
+    with zipfile.ZipFile(output) as source, zipfile.ZipFile(edited, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            target.writestr(info, data.replace(b"EXCEPTION", b"PASS") if info.filename == "controls.json" else data)
+    failed = cli("audit", "verify-pack", str(edited), "--public-key", key(), "--offline")
+    assert failed.code == 6 and "controls.json: its SHA-256 differs" in failed.out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evidence", "--from", "2026-04-01", "--to", "2026-01-01", "--output", "{tmp}/x.zip"], "must be after its start"),
+        (["evidence", "--from", "soon", "--to", "2026-01-01", "--output", "{tmp}/x.zip"], "not a date"),
+        (["evidence", "--from", "2026-01-01", "--to", "2026-04-01", "--output", "/no/such/dir/x.zip"], "does not exist"),
+        (["audit", "verify-pack", "{tmp}/missing.zip", "--public-key", "ab" * 32, "--offline"], "cannot read"),
+        (["audit", "verify-pack", "{tmp}/missing.zip", "--offline"], "usage"),
+    ],
+)
+def test_command_line_usage_errors_exit_2_and_write_nothing(tmp_path, settings, args, message):
+    settings.FLAMINGOCK_ENVIRONMENT = "dev"
+    result = cli(*[arg.replace("{tmp}", str(tmp_path)) for arg in args])
+    assert result.code == 2 and message in result.out + result.err
+    assert EvidencePack.objects.count() == 0 and not list(tmp_path.glob("*.zip"))
+
+
+def test_the_command_line_in_a_protected_environment_needs_a_token_holding_the_permission(quarter, tmp_path, engineer, officer, monkeypatch):
+    output = tmp_path / "x.zip"
+    args = ("evidence", "--from", "2026-01-01", "--to", "2026-04-01", "--output", str(output))
+    anonymous = cli(*args)
+    assert anonymous.code == 2 and "set FLAMINGOCK_TOKEN" in anonymous.err
+    monkeypatch.setenv("FLAMINGOCK_TOKEN", engineer.token)
+    refused = cli(*args)
+    assert refused.code == 2 and "eddie may not generate evidence packs" in refused.err
+    assert EvidencePack.objects.count() == 0 and not output.exists() and refusals()[-1] == ("eddie", "evidence.generate")
+    monkeypatch.setenv("FLAMINGOCK_TOKEN", officer.token)
+    made = cli(*args)
+    assert made.code == 0 and output.exists() and EvidencePack.objects.get().requested_by == "carla"

@@ -470,7 +470,7 @@ def _drawn_once(display, key):
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(ReadOnlyAdmin):
-    list_display = ("seq", "created_at", "event", "change_link", "state", "actor_link", "environment", "target_link", "run_link", "evidence")
+    list_display = ("seq", "created", "event", "change_link", "state", "actor_link", "environment", "target_link", "run_link", "evidence")
     # No filter reads the whole trail: values listed come from index skip scans, the others are typed.
     # Target and change select through the side index (audit_app.subjects): governance and drift too.
     list_filter = (
@@ -487,7 +487,7 @@ class AuditEntryAdmin(ReadOnlyAdmin):
     show_facets = admin.ShowFacets.NEVER
     paginator = TrailPaginator
     # A trail is read in chain order; sorting a million rows by another column is a full sort.
-    sortable_by = ("seq", "created_at")
+    sortable_by = ("seq", "created")
     list_per_page = 50
     ordering = ("-seq",)
     fieldsets = (
@@ -503,6 +503,13 @@ class AuditEntryAdmin(ReadOnlyAdmin):
     readonly_fields = tuple(name for title, options in fieldsets for name in options["fields"])
     change_list_template = "admin/audit_app/auditentry/change_list.html"
     change_form_template = "admin/audit_app/auditentry/change_form.html"
+
+    @admin.display(description=_("created at"), ordering="created_at")
+    def created(self, obj):
+        # To the second, as the exports and the API write it (an auditor lines rows up across them);
+        # in the site's time zone, sortable as text. Also a fifth of the page's time less than
+        # Django's localized date format, drawn for each of 50 rows.
+        return timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S") if obj.created_at else self.get_empty_value_display()
 
     # The link columns take the page's link makers (the ``*_for_page`` variants below); alone, each
     # looks its page up for itself.

@@ -4,16 +4,12 @@ database sequence per member: a fleet of thousands of members makes no thousands
 
 from __future__ import annotations
 
-import uuid
-
-from django.db import IntegrityError, connections, router, transaction
-from django.db.models import Q
-from django.db.models.functions import Now
+from django.db import connections, router, transaction
 
 from audit_app.services import FenceRefused
 from changes_app.locks.base import Lease, RunCancelled
 from changes_app.locks.database import DatabaseLeaseLock
-from changes_app.models import Fence, LockLease, Run
+from changes_app.models import Fence, Run
 
 
 def member_lock_name(*, environment: str, target: str, member: str) -> str:
@@ -57,37 +53,8 @@ class MemberLease(Lease):
 class MemberLeaseLock(DatabaseLeaseLock):
     """The lease lock of one member: members of a group run in parallel, each under its own."""
 
-    def try_acquire(self, *, run_id, actor) -> Lease | None:
-        try:
-            LockLease.objects.using(self.using).get_or_create(name=self.name)
-        except IntegrityError:
-            pass
-        with transaction.atomic(using=self.using):
-            claimed = (
-                LockLease.objects.using(self.using)
-                .filter(name=self.name)
-                .filter(Q(owner="") | Q(expires_at__lte=Now()))
-                .update(
-                    owner=uuid.uuid4().hex,
-                    run_id=run_id,
-                    holder=actor.name,
-                    host=actor.host,
-                    pid=actor.pid,
-                    acquired_at=Now(),
-                    expires_at=self._expiry(),
-                )
-            )
-            if not claimed:
-                return None
-            token = member_token_issue(self.name)
-            LockLease.objects.using(self.using).filter(name=self.name).update(token=token)
-        return MemberLease(self, token=token, run_id=run_id)
+    lease_class = MemberLease
 
-    def force_release(self):
-        with transaction.atomic(using=self.using):
-            row = LockLease.objects.using(self.using).select_for_update().filter(name=self.name).exclude(owner="").first()
-            if row is None:
-                return None
-            LockLease.objects.using(self.using).filter(name=self.name).update(owner="", run_id=None, holder="", host="", pid=None, expires_at=None)
-        member_token_issue(self.name)  # the released holder can write nothing more
-        return row
+    def token_issue(self) -> int:
+        # From the member's row of the fence table, not a sequence per member.
+        return member_token_issue(self.name)

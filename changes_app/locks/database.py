@@ -21,6 +21,13 @@ class DatabaseLeaseLock:
         self.lease_seconds = lease_seconds
         self.using = router.db_for_write(LockLease)
 
+    #: The lease a holder gets (a member's lock fences against its own row: changes_app.fleets.locks).
+    lease_class = Lease
+
+    def token_issue(self) -> int:
+        """The next fencing token of this lock (waits for the previous holder's fenced transaction)."""
+        return fence_advance(self.name)
+
     def _expiry(self):
         return ExpressionWrapper(Now() + Value(timedelta(seconds=self.lease_seconds)), output_field=DateTimeField())
 
@@ -46,9 +53,9 @@ class DatabaseLeaseLock:
             )
             if not claimed:
                 return None
-            token = fence_advance(self.name)
+            token = self.token_issue()
             LockLease.objects.using(self.using).filter(name=self.name).update(token=token)
-        return Lease(self, token=token, run_id=run_id)
+        return self.lease_class(self, token=token, run_id=run_id)
 
     def extend(self, lease: Lease) -> bool:
         return bool(LockLease.objects.using(self.using).filter(name=self.name, token=lease.token).exclude(owner="").update(expires_at=self._expiry()))
@@ -74,5 +81,5 @@ class DatabaseLeaseLock:
             holder = Holder(self.name, str(row.run_id or ""), row.holder, row.host, row.pid, row.token, row.acquired_at, row.expires_at)
             LockLease.objects.using(self.using).filter(name=self.name).update(owner="", run_id=None, holder="", host="", pid=None, expires_at=None)
         # Advancing the fence makes sure the released holder can write nothing more.
-        fence_advance(self.name)
+        self.token_issue()
         return holder

@@ -20,7 +20,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from audit_app.models import MemberChangeState
-from audit_app.redaction import redact
+from audit_app.redaction import redact, redact_data
 from audit_app.services import Actor, FenceRefused, StateMoved, audit_record
 from changes_app.conf import current_environment
 from changes_app.engine.executor import RunAborted, counts_of, results_as_dicts
@@ -360,7 +360,7 @@ def _member_run(member: FleetMemberRun, fleet: FleetRun, actor: Actor) -> None:
             logger.exception("fleet %s member %s: releasing the lock failed; the lease expires on its own", fleet.pk, member.member)
         target.close()
     run.status, run.status_reason, run.finished_at = status, redact(reason), timezone.now()
-    run.results, run.counts = results_as_dicts(executor.results), counts_of(executor.results)
+    run.results, run.counts = redact_data(results_as_dicts(executor.results)), counts_of(executor.results)
     run.save(update_fields=["status", "status_reason", "finished_at", "results", "counts"])
     audit_record(
         event="run.aborted" if status == Run.Status.ABORTED else "run.finished",

@@ -59,7 +59,8 @@ def break_glass_of(*, reason: str | None, incident: str | None) -> BreakGlass:
     """Check what a person typed: a reason (at most ``REASON_MAX`` characters, no control
     characters) and an incident reference (at most ``INCIDENT_MAX`` printable characters); both pass
     the redaction of typed text (``errors.typed_text``) before they are stored or audited."""
-    reason, incident = (reason or "").strip(), (incident or "").strip()
+    # A browser sends a textarea's line breaks as CRLF: a multi-line reason is not a control character.
+    reason, incident = (reason or "").replace("\r\n", "\n").strip(), (incident or "").strip()
     if not reason:
         raise BreakGlassInvalid("break-glass needs a reason")
     if not incident:

@@ -21,6 +21,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from audit_app.evidence.build import pack_build
+from audit_app.redaction import redact
 from audit_app.services import Actor, audit_record
 from changes_app.errors import ActionRefused, NotFound
 from changes_app.governance.permissions import PermissionRefused, actor_user, environment_protected
@@ -151,7 +152,7 @@ def evidence_generate(*, pack_id: int) -> EvidencePack:
     except Exception as error:
         logger.exception("evidence pack %s failed", pack.pk)
         EvidencePack.objects.filter(pk=pack.pk).update(
-            status=EvidencePack.Status.FAILED, finished_at=timezone.now(), error=f"{type(error).__name__}: {error}"[:2000]
+            status=EvidencePack.Status.FAILED, finished_at=timezone.now(), error=redact(f"{type(error).__name__}: {error}")[:2000]
         )
         return EvidencePack.objects.get(pk=pack.pk)
     results = {control["id"]: control["result"] for control in result.controls}

@@ -21,6 +21,7 @@ from django.db.models.signals import post_save
 from django.dispatch import receiver
 
 from audit_app.models import APPLIED_STATES, ChangeState
+from audit_app.redaction import redact
 from changes_app.errors import FlamingockError
 from changes_app.models import ChangeRequest
 from changes_app.pipeline.django_migrations import governed_aliases, governed_migrations, is_django_change_id, parse_change_id
@@ -35,6 +36,9 @@ MAX_TEXT = 200_000
 
 
 def _cut(text: str) -> str:
+    # What approvers see is stored on the request and served by the API: a secret written into a
+    # migration (a RunSQL literal, a password in RunPython source) is masked like any other text.
+    text = redact(text)
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + f"\n-- ... {len(text) - MAX_TEXT} more characters not stored\n"
 
 

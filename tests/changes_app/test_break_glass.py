@@ -206,6 +206,14 @@ def test_a_use_without_a_usable_reason_or_incident_is_refused_before_anything(re
         break_glass_of(reason=reason, incident=incident)
 
 
+def test_a_reason_typed_on_several_lines_in_the_admin_is_accepted_as_lines():
+    # A browser sends a textarea's line breaks as CRLF; a bare carriage return stays refused.
+    used = break_glass_of(reason="db down\r\nfailing over to the replica", incident=INCIDENT)
+    assert used.reason == "db down\nfailing over to the replica"
+    with pytest.raises(BreakGlassInvalid, match="control characters"):
+        break_glass_of(reason="db down\rgone", incident=INCIDENT)
+
+
 def test_reason_and_incident_pass_the_redaction_of_typed_text(make_pipeline, unique, people, staging):
     change, _ = applied_table(make_pipeline, unique, people)
     policy("app-db", "staging", 1)

@@ -47,7 +47,8 @@ class Command(DjangoMigrateCommand):
             if whole is not None and whole.governed:
                 return self.ungoverned_handle(whole, *args, **options)
         guard = migrate_guard(alias=alias, app_label=options.get("app_label"), migration_name=options.get("migration_name"))
-        if guard is None or not guard.refused:
+        # An override is audited wherever it applies governed migrations, protected environment or not.
+        if guard is None or not guard.governed or (not guard.refused and override is None):
             return super().handle(*args, **options)
         listed = ", ".join(guard.governed[:10]) + (f" and {len(guard.governed) - 10} more" if len(guard.governed) > 10 else "")
         if override is None:

@@ -86,6 +86,20 @@ def test_test_database_creation_keeps_working(shop, settings):
     assert not AuditEntry.objects.filter(event="migrate.override").exists()
 
 
+def test_an_override_outside_a_protected_environment_is_audited_too(shop, settings, monkeypatch):
+    """Where plain ``migrate APP`` would run anyway, an operator who says ``--flamingock-override``
+    still leaves the entry and the finding: the flag is never silently dropped."""
+    settings.FLAMINGOCK_ENVIRONMENT = "dev"
+    monkeypatch.delattr(mail, "outbox")
+    operator = person("operator", ENGINEER, operate=("default",))
+    monkeypatch.setenv("FLAMINGOCK_TOKEN", operator.token)
+    call_command("migrate", "djgov_shop", "0001", verbosity=0, flamingock_override="trying the seed locally")
+    assert _shop_rows() == {"0001_initial"}
+    entry = AuditEntry.objects.get(event="migrate.override")
+    assert entry.reason == "trying the seed locally" and entry.details["apply"] == ["django:djgov_shop.0001_initial"]
+    assert Finding.objects.filter(kind=Finding.Kind.MIGRATE_OVERRIDE, environment="dev").count() == 1
+
+
 def test_an_override_is_audited_and_raises_a_finding(production, monkeypatch):
     operator = person("operator", ENGINEER, operate=("default",))
     monkeypatch.setenv("FLAMINGOCK_TOKEN", operator.token)

@@ -15,6 +15,7 @@ from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
+from audit_app.redaction import MASK
 from changes_app import services
 from changes_app.models import ChangeRequest, TargetSystem
 from changes_app.services import rendering
@@ -58,6 +59,18 @@ def test_run_python_code_is_shown_by_name_and_source(shop):
     assert "def seed_products(apps, schema_editor):" in operation["code"]["source"]
     assert operation["reverse_code"]["name"].endswith("0002_seed.unseed_products")
     assert 'filter(name="seeded").delete()' in operation["reverse_code"]["source"]
+
+
+def test_what_approvers_see_is_redacted_like_any_other_text(shop, settings, monkeypatch):
+    # A secret written into a migration (here the seed function's own name stands for it) is masked
+    # in the SQL and the source stored on a request and served by the API.
+    monkeypatch.setenv("DJGOV_SEED_SECRET", "seed_products")
+    settings.FLAMINGOCK_SECRET_ENV_VARS = ["DJGOV_SEED_SECRET"]
+    rendered = services.migration_render(change_id=SHOP_0002, alias="default")
+    [operation] = rendered["run_python"]
+    # The source is masked; the function's dotted name, an identifier, is shown as it is.
+    assert "seed_products" not in operation["code"]["source"] + operation["reverse_code"]["source"] + rendered["sql"]
+    assert f"def {MASK}(apps, schema_editor):" in operation["code"]["source"]
 
 
 def test_a_request_stores_what_its_approvers_see_once(shop):

@@ -7,11 +7,14 @@ the unfiltered list is the chain head's position, a filtered list is counted up 
 choices come from index skip scans, the search matches exact values over indexes, and the date
 hierarchy is drawn from the first and last entries only (``bench/suites/audit_admin.py``)."""
 
+import datetime
+import functools
+import json
 import uuid
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.contrib.admin.templatetags.admin_list import result_headers
+from django.contrib.admin.templatetags.admin_list import admin_list_filter, result_headers
 from django.contrib.admin.templatetags.admin_urls import add_preserved_filters
 from django.contrib.admin.utils import display_for_field, display_for_value
 from django.contrib.admin.views.main import ChangeList
@@ -19,16 +22,19 @@ from django.core.exceptions import FieldDoesNotExist, PermissionDenied, Validati
 from django.core.paginator import Paginator
 from django.db import connections, models
 from django.db.models import Q, Subquery
+from django.db.models.functions import JSONObject
 from django.http import Http404, HttpResponseBadRequest, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import formats, timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.decorators import method_decorator
+from django.utils.encoding import iri_to_uri
 from django.utils.functional import cached_property
 from django.utils.html import conditional_escape, escape, format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import capfirst, smart_split, unescape_string_literal
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
@@ -60,14 +66,14 @@ class ReadOnlyAdmin(ReadOnlyMixin, admin.ModelAdmin):
 FILTER_CHOICES_MAX = 100
 
 
-def distinct_values(model, columns: list[str], *, using: str, limit: int) -> dict[str, list]:
-    """The distinct values of indexed columns, in order, read in one statement: each value is found by
-    one descent of its column's index (a skip scan written as a recursive query) instead of a
-    DISTINCT that reads every row."""
+def distinct_values(columns: list[tuple[type[models.Model], str]], *, using: str, limit: int) -> dict[tuple, list]:
+    """The distinct values of indexed columns (``(model, column)``, of one table or several), in
+    order, read in one statement: each value is found by one descent of its column's index (a skip
+    scan written as a recursive query) instead of a DISTINCT that reads every row."""
     quote = connections[using].ops.quote_name
-    table = quote(model._meta.db_table)
     ctes, selects = [], []
-    for index, column in enumerate(map(quote, columns)):
+    for index, (model, name) in enumerate(columns):
+        table, column = quote(model._meta.db_table), quote(name)
         ctes.append(
             f"found{index}(value, n) AS (SELECT MIN({column}), 1 FROM {table} UNION ALL "
             f"SELECT (SELECT MIN({column}) FROM {table} WHERE {column} > found{index}.value), n + 1 FROM found{index} "
@@ -77,7 +83,24 @@ def distinct_values(model, columns: list[str], *, using: str, limit: int) -> dic
     with connections[using].cursor() as cursor:
         cursor.execute(f"WITH RECURSIVE {', '.join(ctes)} {' UNION ALL '.join(selects)}", [limit] * len(columns))
         rows = sorted(cursor.fetchall(), key=lambda row: row[:2])
-    return {column: [value for index, _, value in rows if columns[index] == column] for column in columns}
+    return {pair: [value for index, _, value in rows if columns[index] == pair] for pair in columns}
+
+
+def _filter_values(request, model_admin) -> dict[tuple, list]:
+    """The values every listed-value filter of the list offers, read in one statement once per request."""
+    key = "_audit_filter_values"
+    if not hasattr(request, key):
+        tables = {IndexedValuesFilter: model_admin.model, SubjectValuesFilter: EntrySubject}
+        columns = [
+            (table, model_admin.model._meta.get_field(spec[0]).column)
+            for spec in model_admin.get_list_filter(request)
+            if isinstance(spec, tuple)
+            for kind, table in tables.items()
+            if issubclass(spec[1], kind)
+        ]
+        using = model_admin.get_queryset(request).db
+        setattr(request, key, distinct_values(columns, using=using, limit=FILTER_CHOICES_MAX) if columns else {})
+    return getattr(request, key)
 
 
 class IndexedValuesFilter(admin.AllValuesFieldListFilter):
@@ -86,21 +109,7 @@ class IndexedValuesFilter(admin.AllValuesFieldListFilter):
     def __init__(self, field, request, params, model, model_admin, field_path):
         super().__init__(field, request, params, model, model_admin, field_path)
         # Replaces the parent's lazy DISTINCT queryset before anything evaluates it.
-        self.lookup_choices = self.values(request, model, model_admin)[field.column]
-
-    @staticmethod
-    def values(request, model, model_admin) -> dict[str, list]:
-        """The values of every such filter of the list, read in one statement once per request."""
-        key = f"_indexed_filter_values_{model._meta.label_lower}"
-        if not hasattr(request, key):
-            columns = [
-                model._meta.get_field(spec[0]).column
-                for spec in model_admin.get_list_filter(request)
-                if isinstance(spec, tuple) and issubclass(spec[1], IndexedValuesFilter)
-            ]
-            using = model_admin.get_queryset(request).db
-            setattr(request, key, distinct_values(model, columns, using=using, limit=FILTER_CHOICES_MAX))
-        return getattr(request, key)
+        self.lookup_choices = _filter_values(request, model_admin)[model, field.column]
 
     def choices(self, changelist):
         for choice in super().choices(changelist):
@@ -114,8 +123,7 @@ class SubjectValuesFilter(admin.AllValuesFieldListFilter):
 
     def __init__(self, field, request, params, model, model_admin, field_path):
         super().__init__(field, request, params, model, model_admin, field_path)
-        using = model_admin.get_queryset(request).db
-        self.lookup_choices = distinct_values(EntrySubject, [field.column], using=using, limit=FILTER_CHOICES_MAX)[field.column]
+        self.lookup_choices = _filter_values(request, model_admin)[EntrySubject, field.column]
 
     def queryset(self, request, queryset):
         return _by_subject(queryset, self.used_parameters)
@@ -255,13 +263,101 @@ class TrailPaginator(Paginator):
     cap = 10_000
     capped = False
 
+    def __init__(self, *args, head=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        #: The chain head's position when the caller has read it already (a callable), else read here.
+        self.head = head or (lambda: ChainHead.objects.using(self.object_list.db).values_list("seq", flat=True).first() or 0)
+
     @cached_property
     def count(self):
         if not self.object_list.query.where:
-            return ChainHead.objects.using(self.object_list.db).values_list("seq", flat=True).first() or 0
+            return self.head()
         counted = self.object_list.order_by()[: self.cap + 1].count()
         self.capped = counted > self.cap
         return min(counted, self.cap)
+
+
+def _row(queryset) -> Subquery:
+    """The first row of ``queryset``, every column, as one JSON value: a column of another query."""
+    fields = queryset.model._meta.concrete_fields
+    return Subquery(queryset.values(row=JSONObject(**{field.attname: field.attname for field in fields}))[:1])
+
+
+def _moment_of(value) -> datetime.datetime | None:
+    """A time as a database or its JSON hands it over: aware, or text or naive in UTC (as stored)."""
+    if value is None:
+        return None
+    moment = parse_datetime(value) if isinstance(value, str) else value
+    return timezone.make_aware(moment, datetime.UTC) if timezone.is_naive(moment) else moment
+
+
+def _from_row(model, row, using: str):
+    """The instance of ``model`` that :func:`_row` read (``None`` for no row)."""
+    if row is None:
+        return None
+    if isinstance(row, str):
+        row = json.loads(row)
+    fields, values = model._meta.concrete_fields, []
+    for field in fields:
+        value = row.get(field.attname)
+        if isinstance(field, models.DateTimeField):
+            value = _moment_of(value)
+        elif value is not None:
+            value = field.to_python(value)
+        values.append(value)
+    return model.from_db(using, [field.attname for field in fields], values)
+
+
+@functools.lru_cache(maxsize=16)
+def _facts_statement(using: str, field: str) -> tuple[str, tuple]:
+    """The statement of :func:`trail_facts`, built once per database: the same every time, and its
+    building (a JSON object of every column of three tables) cost more than the four statements it
+    replaces."""
+    dates = AuditEntry.objects.using(using).order_by().values(field)
+    under_way = [VerificationRequest.Status.QUEUED, VerificationRequest.Status.RUNNING]
+    # Each part an index lookup, as subqueries of the one-row chain head (MIN and MAX in one
+    # aggregate would make SQLite read the whole index).
+    facts = (
+        ChainHead.objects.using(using)
+        .order_by("id")
+        .values(
+            "seq",
+            first=Subquery(dates.order_by(field)[:1]),
+            last=Subquery(dates.order_by(f"-{field}")[:1]),
+            verification=_row(Verification.objects.using(using).order_by("-performed_at", "-id")),
+            checkpoint=_row(AuditCheckpoint.objects.using(using).order_by("-seq", "-id")),
+            pending=_row(VerificationRequest.objects.using(using).filter(status__in=under_way).order_by("-id")),
+            verified_to=Subquery(Verification.objects.using(using).filter(head_seq__isnull=False).order_by("-head_seq").values("head_seq")[:1]),
+        )[:1]
+    )
+    return facts.query.get_compiler(using).as_sql()
+
+
+def trail_facts(request, model_admin) -> dict:
+    """What the list says of the trail as a whole, read in one statement once per request (five
+    statements before; on a busy server each round trip costs): the chain head's position (the
+    count of the unfiltered list), the first and last entries' times (the date hierarchy), the last
+    verification, the last signed checkpoint, the verification under way, and how far verifications
+    reached."""
+    key = "_audit_trail_facts"
+    if hasattr(request, key):
+        return getattr(request, key)
+    using = model_admin.get_queryset(request).db
+    with connections[using].cursor() as cursor:
+        cursor.execute(*_facts_statement(using, model_admin.date_hierarchy or "created_at"))
+        head, first, last, verification, checkpoint, pending, verified_to = cursor.fetchone() or (0, None, None, None, None, None, None)
+    facts = {
+        "head": head or 0,
+        "first": _moment_of(first),
+        "last": _moment_of(last),
+        "last_verification": _from_row(Verification, verification, using),
+        "last_checkpoint": _from_row(AuditCheckpoint, checkpoint, using),
+        "pending_verification": _from_row(VerificationRequest, pending, using),
+        #: The furthest entry any verification reached (0: none), for what covers a page.
+        "verified_to": verified_to or 0,
+    }
+    setattr(request, key, facts)
+    return facts
 
 
 def _number(value: str | None) -> int | None:
@@ -272,10 +368,21 @@ def _number(value: str | None) -> int | None:
 
 
 class TrailChangeList(ChangeList):
+    def __init__(self, request, *args, **kwargs):
+        # What this request has read of the trail as a whole (the date hierarchy's ends).
+        self.trail_facts = lambda: trail_facts(request, self.model_admin)
+        super().__init__(request, *args, **kwargs)
+
     def get_results(self, request):
         super().get_results(request)
-        # What covers each listed entry, for the page at once (a constant number of queries).
-        covered = coverage([entry.seq for entry in self.result_list], using=self.root_queryset.db)
+        # What covers each listed entry, for the page at once (a constant number of queries); none
+        # when every entry is past the furthest verification and checkpoint (the newest entries).
+        seqs = [entry.seq for entry in self.result_list if entry.seq]
+        facts = self.trail_facts()
+        if seqs and max(facts["verified_to"], facts["last_checkpoint"].seq if facts["last_checkpoint"] else 0) < min(seqs):
+            covered = {seq: {"verification": None, "checkpoint": None} for seq in seqs}
+        else:
+            covered = coverage(seqs, using=self.root_queryset.db)
         marks: dict[tuple, str] = {}  # rows covered alike share their marks (most of a page)
         for entry in self.result_list:
             entry.coverage = covered.get(entry.seq)
@@ -298,6 +405,17 @@ class TrailChangeList(ChangeList):
             "num_sorted_fields": sum(1 for header in headers if header["sortable"] and header["sorted"]),
             "rows_html": self.rows_html(),
         }
+
+    @cached_property
+    def filters_html(self) -> SafeString:
+        """The filters, the same markup as Django's ``admin_list_filter`` tag renders from each
+        filter's template (a test compares them), drawn in Python: nine small templates were a tenth
+        of the page's time. A filter with another template is rendered by it."""
+        drawn = []
+        for spec in self.filter_specs:
+            draw = _FILTER_DRAWINGS.get(spec.template)
+            drawn.append(draw(spec, list(spec.choices(self))) if draw else admin_list_filter(self, spec))
+        return mark_safe("".join(drawn))
 
     def rows_html(self) -> SafeString:
         """The page's rows, the same markup as Django's ``items_for_result`` (a test compares them):
@@ -352,15 +470,9 @@ class TrailChangeList(ChangeList):
             chosen = timezone.datetime(year, month, day).date()
             back = {"link": link(year=year, month=month), "title": capfirst(formats.date_format(chosen, "YEAR_MONTH_FORMAT"))}
             return {"show": True, "back": back, "choices": [{"title": capfirst(formats.date_format(chosen, "MONTH_DAY_FORMAT"))}]}
-        # Both ends in one round trip, each an index lookup: two subqueries on the one-row chain head
-        # (MIN and MAX in one aggregate would make SQLite read the whole index).
-        dates = self.root_queryset.order_by().values(field)
-        bounds = (
-            ChainHead.objects.using(self.root_queryset.db)
-            .values(first=Subquery(dates.order_by(field)[:1]), last=Subquery(dates.order_by(f"-{field}")[:1]))
-            .first()
-        )
-        first, last = (bounds["first"], bounds["last"]) if bounds else (None, None)
+        # Both ends read with the list's other facts of the trail, in one statement (trail_facts).
+        facts = self.trail_facts()
+        first, last = facts["first"], facts["last"]
         if first is None or last is None:
             return {"show": False}
         first, last = (timezone.localtime(moment).date() if timezone.is_aware(moment) else moment.date() for moment in (first, last))
@@ -393,6 +505,55 @@ class TrailChangeList(ChangeList):
                 ],
             }
         return {"show": True, "choices": [{"link": link(year=y), "title": str(y)} for y in range(first.year, last.year + 1)]}
+
+
+def _filter_summary(title) -> str:
+    by = gettext(" By %(filter_title)s ") % {"filter_title": conditional_escape(title)}
+    return f'\n<details data-filter-title="{conditional_escape(title)}" open>\n  <summary>\n    {by}\n  </summary>\n'
+
+
+def _draw_list_filter(spec, choices: list[dict]) -> str:
+    """Django's ``admin/filter.html``: a list of links, the selected one marked."""
+    items = "".join(
+        "\n    <li" + (' class="selected"' if choice["selected"] else "") + ">\n"
+        f'    <a href="{escape(iri_to_uri(choice["query_string"]))}">{conditional_escape(choice["display"])}</a></li>\n  '
+        for choice in choices
+    )
+    return f"{_filter_summary(spec.title)}  <ul>\n  {items}\n  </ul>\n</details>\n"
+
+
+def _draw_input_filter(spec, choices: list[dict]) -> str:
+    """``admin/audit_app/auditentry/input_filter.html``: typed values, with their errors."""
+    title, forms = conditional_escape(spec.title), []
+    for choice in choices:
+        hidden = "".join(f'<input type="hidden" name="{escape(name)}" value="{escape(value)}">' for name, value in choice["hidden"])
+        boxes = []
+        for box in choice["inputs"]:
+            name, label, error = escape(box["name"]), conditional_escape(box["label"]), conditional_escape(box["error"])
+            boxes.append(
+                "\n      <div>\n        "
+                + (f'<label for="filter-{name}">{label}</label>' if box["label"] else "")
+                + f'\n        <input type="{escape(box["type"])}" id="filter-{name}" name="{name}" value="{escape(box["value"])}" size="18" aria-label="{title} {label}"'
+                + (f' aria-invalid="true" aria-describedby="filter-{name}-error"' if box["error"] else "")
+                + ">\n        "
+                + (f'<p class="errornote flk-filter-error" id="filter-{name}-error" role="alert">{error}</p>' if box["error"] else "")
+                + "\n      </div>\n    "
+            )
+        clear = (
+            f'<a href="{escape(iri_to_uri(choice["clear_query_string"]))}" class="audit-filter-clear">&#10006; {escape(gettext("Clear"))}</a>'
+            if choice["selected"]
+            else ""
+        )
+        forms.append(
+            '\n  <form method="get" class="audit-input-filter" style="padding: 5px 15px;">\n    '
+            f"{hidden}\n    {''.join(boxes)}\n    "
+            f'<input type="submit" value="{escape(gettext("Filter"))}">\n    {clear}\n  </form>\n  '
+        )
+    return f"{_filter_summary(spec.title)}  {''.join(forms)}\n</details>\n"
+
+
+#: A filter's template -> how it is drawn in Python (TrailChangeList.filters_html).
+_FILTER_DRAWINGS = {"admin/filter.html": _draw_list_filter, "admin/audit_app/auditentry/input_filter.html": _draw_input_filter}
 
 
 def _field_display(field, empty: str):
@@ -618,6 +779,10 @@ class AuditEntryAdmin(ReadOnlyAdmin):
     def get_changelist(self, request, **kwargs):
         return TrailChangeList
 
+    def get_paginator(self, request, queryset, per_page, orphans=0, allow_empty_first_page=True):
+        # The unfiltered count is the chain head's position, read with the list's other facts.
+        return self.paginator(queryset, per_page, orphans, allow_empty_first_page, head=lambda: trail_facts(request, self)["head"])
+
     def get_search_results(self, request, queryset, search_term):
         """Entries whose change id or actor starts with each word, or whose run id is the word (quoted
         words may hold spaces): a prefix over an index (``LIKE 'x%'``), where Django's
@@ -651,17 +816,14 @@ class AuditEntryAdmin(ReadOnlyAdmin):
 
     def changelist_view(self, request, extra_context=None):
         may_verify = self.has_verify_permission(request)
+        facts = trail_facts(request, self)
         extra_context = {
             **(extra_context or {}),
-            "last_verification": Verification.objects.order_by("-performed_at").first(),
-            "last_checkpoint": AuditCheckpoint.objects.order_by("-seq", "-id").first(),
+            "last_verification": facts["last_verification"],
+            "last_checkpoint": facts["last_checkpoint"],
             "export_formats": FORMATS,
             "may_verify": may_verify,
-            "pending_verification": VerificationRequest.objects.filter(
-                status__in=[VerificationRequest.Status.QUEUED, VerificationRequest.Status.RUNNING]
-            ).first()
-            if may_verify
-            else None,
+            "pending_verification": facts["pending_verification"] if may_verify else None,
         }
         return super().changelist_view(request, extra_context)
 

@@ -4,6 +4,7 @@ number of processes, in the same run, on the same server.
 
     .venv/bin/python bench/fleet.py --schemas 1000 --processes 2
     .venv/bin/python bench/fleet.py --schemas 200 --processes 1,2      # also the scaling from 1 to 2 workers
+    .venv/bin/python bench/fleet.py --plan --members 100000 --changes 50   # the fleet plan on a synthetic ledger
 
 Both sides apply the same 5 statements per tenant. The product also writes, per member and change,
 two hash-chained audit entries (STARTED, APPLIED), the fence check, the marker row and the checksum;
@@ -13,6 +14,10 @@ shared app, the migrations in a tenant app, ``migrate_schemas --shared`` once, t
 ``migrate_schemas --tenant --executor=multiprocessing`` with ``TENANT_MULTIPROCESSING_MAX_PROCESSES``.
 Schemas are created beforehand on both sides (``auto_create_schema = False`` for the peer), so only
 the migrating is timed. Every database it creates is ``flk_bench_<pid>_...``, dropped at the end.
+
+``--plan`` times ``fleet_plan`` alone (no workers, no peer) on a ledger of ``--members`` x ``--changes``
+built with ``generate_series`` in a bench database, with its number of queries, and in the same run
+the counting query as it was before (joined to the current members) for comparison.
 """
 
 from __future__ import annotations
@@ -55,11 +60,11 @@ def schemas_create(dsn: str, names: list[str]) -> None:
 # -- the product ----------------------------------------------------------------------------------------
 
 
-def product_pipeline(root: Path) -> str:
+def product_pipeline(root: Path, statements: list[str] = STATEMENTS) -> str:
     package = f"flk_fleet_bench_{uuid.uuid4().hex[:8]}"
     (root / package).mkdir(parents=True)
     (root / package / "__init__.py").write_text("")
-    for index, sql in enumerate(STATEMENTS, 1):
+    for index, sql in enumerate(statements, 1):
         (root / package / f"{index:04d}_c.py").write_text(
             textwrap.dedent(f"""
                 from changes_app.definitions import Change
@@ -124,7 +129,7 @@ def product_run(server: PostgresServer, *, schemas: int, processes: int, redis_u
         "FLAMINGOCK_LOCK_BACKEND": "database",
         "DJANGO_SETTINGS_MODULE": "flamingock_site.settings",
     }
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], env=env, cwd=REPO, check=True)
+    subprocess.run([sys.executable, "manage.py", "migrate", "--skip-checks", "-v", "0"], env=env, cwd=REPO, check=True)
     workers = [
         subprocess.Popen(
             [
@@ -273,8 +278,101 @@ def peer_run(server: PostgresServer, *, schemas: int, processes: int, scratch: P
     return {"wall_s": wall, "applied_in_last_schema": applied}
 
 
+# -- the fleet plan on a synthetic ledger -----------------------------------------------------------------
+
+
+PLAN_DRIVER = """
+import json, os, resource, sys, time, django
+django.setup()
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from changes_app.fleets import services as fleets
+from changes_app.fleets.executor import group_pipeline
+from changes_app.models import FleetMember
+from audit_app.models import MemberChangeState
+from changes_app.pipeline.discovery import pipeline_load
+members, repeat = int(sys.argv[1]), int(sys.argv[2])
+changes = [change for stage in group_pipeline(pipeline_load(), "tenants").stages for change in stage.changes]
+loaded = time.perf_counter()
+with connection.cursor() as cursor:
+    cursor.execute(
+        f"INSERT INTO {FleetMember._meta.db_table} (target, name, discovered_at, removed_at) "
+        "SELECT 'tenants', 'tenant_' || lpad(g::text, 6, '0'), now(), CASE WHEN g %% 1000 = 999 THEN now() END "
+        "FROM generate_series(0, %s - 1) g", [members])
+    # Every member has a state for every change but the last, which half the members have not reached
+    # (an in-progress rollout); 1 in 100 FAILED, 1 in 200 STARTED, 1 in 50 an older checksum, the rest
+    # APPLIED with the code's checksum.
+    cursor.execute("CREATE TEMP TABLE bench_changes (k integer, change_id text, checksum text)")
+    cursor.executemany("INSERT INTO bench_changes VALUES (%s, %s, %s)", [(k, c.id, c.checksum) for k, c in enumerate(changes)])
+    cursor.execute(
+        f"INSERT INTO {MemberChangeState._meta.db_table} (member, change_id, state, checksum, entry_id, run_id, stage, \\"order\\", target, applied_count, updated_at) "
+        "SELECT 'tenant_' || lpad(g::text, 6, '0'), c.change_id, "
+        "CASE WHEN g %% 100 = 7 THEN 'FAILED' WHEN g %% 200 = 3 THEN 'STARTED' ELSE 'APPLIED' END, "
+        "CASE WHEN g %% 50 = 11 THEN repeat('0', 64) ELSE c.checksum END, g * 64 + c.k, NULL, 'bench', lpad(c.k::text, 4, '0'), 'tenants', 1, now() "
+        "FROM bench_changes c, generate_series(0, %s - 1) g WHERE c.k < %s OR g < %s / 2",
+        [members, len(changes) - 1, members])
+    cursor.execute(f"ANALYZE {FleetMember._meta.db_table}")
+    cursor.execute(f"ANALYZE {MemberChangeState._meta.db_table}")
+    cursor.execute(f"SELECT count(*) FROM {MemberChangeState._meta.db_table}")
+    rows = cursor.fetchone()[0]
+load_s = time.perf_counter() - loaded
+fleets.fleet_plan(target="tenants", limit=50)  # warm: the pipeline, the plan, the server's caches
+from django.db.models import Count
+def joined():
+    # The counts as fleet_plan read them before (a join to the group's current members), for an A/B in this run.
+    current = FleetMember.objects.filter(target="tenants", removed_at=None).values("name")
+    return list(MemberChangeState.objects.filter(change_id__in=[c.id for c in changes], member__in=current)
+                .values("change_id", "state", "checksum").annotate(n=Count("id")).order_by())
+timings, reference = [], []
+for _ in range(repeat):
+    cpu, wall = time.process_time(), time.perf_counter()
+    with CaptureQueriesContext(connection) as queries:
+        plan = fleets.fleet_plan(target="tenants", offset=members // 2, limit=50)
+    timings.append({"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu, "queries": len(queries.captured_queries)})
+    wall = time.perf_counter()
+    joined()
+    reference.append({"joined_counts_wall_s": time.perf_counter() - wall})
+with CaptureQueriesContext(connection) as small:
+    fleets.fleet_plan(target="tenants", offset=0, limit=1)
+print(json.dumps({"members": members, "changes": len(changes), "ledger_rows": rows, "load_s": load_s, "timings": timings, "reference": reference,
+                  "queries_page_of_1": len(small.captured_queries), "plan_members": plan["members"],
+                  "actions_first_change": plan["changes"][0]["actions"], "actions_last_change": plan["changes"][-1]["actions"],
+                  "page": len(plan["page"]["members"])}))
+"""
+
+
+def plan_run(server: PostgresServer, *, members: int, changes: int, repeat: int, scratch: Path) -> dict:
+    """The fleet plan of a group of ``members`` members x ``changes`` changes on a synthetic ledger
+    (built with ``generate_series`` in a bench database): its time and its number of queries."""
+    audit = server.database_create("fleet_plan")
+    package = product_pipeline(scratch, [f"SELECT {index}" for index in range(changes)])
+    targets = {"tenants": {"kind": "postgres", "dsn": server.database_url(audit), "group": {"schemas_query": "SELECT nspname FROM pg_namespace"}}}
+    env = {
+        **os.environ,
+        "DATABASE_URL": server.database_url(audit).replace("postgresql://", "postgres://"),
+        "FLAMINGOCK_STAGES": f"bench={package}",
+        "FLAMINGOCK_DISCOVER_APPS": "0",
+        "FLAMINGOCK_TARGETS_JSON": json.dumps(targets),
+        "PYTHONPATH": os.pathsep.join([str(scratch), str(REPO)]),
+        "FLAMINGOCK_LOCK_BACKEND": "database",
+        "DJANGO_SETTINGS_MODULE": "flamingock_site.settings",
+    }
+    try:
+        subprocess.run([sys.executable, "manage.py", "migrate", "--skip-checks", "-v", "0"], env=env, cwd=REPO, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", PLAN_DRIVER, str(members), str(repeat)], env=env, cwd=REPO, check=True, capture_output=True, text=True
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        server.database_drop(audit)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plan", action="store_true", help="only the fleet plan on a synthetic ledger (--members x --changes)")
+    parser.add_argument("--members", type=int, default=100_000)
+    parser.add_argument("--changes", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--schemas", type=int, default=1000)
     parser.add_argument("--processes", default="2", help="comma-separated worker process counts (e.g. 1,2)")
     parser.add_argument("--pg", default=os.environ.get("FLAMINGOCK_BENCH_PG", "postgresql://postgres@127.0.0.1:5432"))
@@ -284,6 +382,17 @@ def main() -> None:
     server = PostgresServer(options.pg)
     scratch = Path(tempfile.mkdtemp(prefix="flk_fleet_bench_"))
     results = {"schemas": options.schemas, "statements": len(STATEMENTS), "runs": []}
+    if options.plan:
+        try:
+            results = {"plan": plan_run(server, members=options.members, changes=options.changes, repeat=options.repeat, scratch=scratch)}
+            results["load_average"] = list(os.getloadavg())
+            print(json.dumps(results), flush=True)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            server.close()
+        if options.output:
+            Path(options.output).write_text(json.dumps(results, indent=2))
+        return
     try:
         for processes in [int(p) for p in options.processes.split(",")]:
             product = product_run(server, schemas=options.schemas, processes=processes, redis_url=options.redis, scratch=scratch)

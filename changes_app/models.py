@@ -284,6 +284,9 @@ class ApprovalPolicy(models.Model):
     target_system = models.ForeignKey(TargetSystem, on_delete=models.PROTECT, related_name="approval_policies")
     environment = models.CharField(max_length=64)
     required_approvals = models.PositiveSmallIntegerField(default=1)
+    #: Fleet runs on this target group stop after the canary wave until a fresh FLEET_CONTINUE request
+    #: is approved (docs/fleet.md, "Governance").
+    fleet_canary_approval = models.BooleanField(default=False)
     updated_at = models.DateTimeField(auto_now=True)
     updated_by = models.CharField(max_length=200, blank=True, default="")
 
@@ -313,6 +316,10 @@ class ChangeRequest(models.Model):
         ADOPT = "ADOPT", _("Adopt a database's Django migrations")
         #: The retrospective review of a break-glass use (docs/break-glass.md).
         REVIEW = "REVIEW", _("Break-glass review")
+        #: Fleet runs (docs/fleet.md, "Governance"): bound to a fleet run (``change_id`` ``fleet:<id>``)
+        #: and the digest of the group's change checksums.
+        FLEET_RETRY = "FLEET_RETRY", _("Retry a fleet run's failed members")
+        FLEET_CONTINUE = "FLEET_CONTINUE", _("Continue a fleet run after its canary")
 
     class Status(models.TextChoices):
         PENDING = "PENDING", _("Pending")
@@ -496,6 +503,8 @@ class Finding(models.Model):
     target = models.CharField(max_length=200, blank=True, default="")
     run_id = models.UUIDField(null=True, blank=True)
     lock_name = models.CharField(max_length=200, blank=True, default="")
+    #: A member of a target group (fleet drift, docs/fleet.md): one finding per member and change kind.
+    member = models.CharField(max_length=200, blank=True, default="")
     summary = models.TextField()
     first_seen = models.DateTimeField(default=timezone.now)
     last_seen = models.DateTimeField(default=timezone.now)
@@ -618,6 +627,8 @@ class FleetMember(models.Model):
     discovered_at = models.DateTimeField(db_default=Now())
     #: Set when discovery no longer finds it; cleared if it comes back.
     removed_at = models.DateTimeField(null=True, blank=True)
+    #: When the member drift check last looked at it: the batches go oldest first (the cursor).
+    drift_checked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["target", "name"]
@@ -633,6 +644,8 @@ class FleetRun(models.Model):
 
     class Status(models.TextChoices):
         RUNNING = "RUNNING", _("Running")
+        #: Stopped after the canary wave until its FLEET_CONTINUE request is decided.
+        AWAITING_APPROVAL = "AWAITING_APPROVAL", _("Awaiting approval")
         FINISHED = "FINISHED", _("Finished")
 
     class Result(models.TextChoices):
@@ -647,7 +660,7 @@ class FleetRun(models.Model):
     source = models.CharField(max_length=16)
     actor = models.CharField(max_length=200)
     started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING, db_index=True)
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.RUNNING, db_index=True)
     result = models.CharField(max_length=16, choices=Result.choices, blank=True, default="")
     #: The policy: canary size K, wave size M, global limit on members running at once, failures F that halt.
     canary = models.PositiveIntegerField(default=1)
@@ -658,6 +671,8 @@ class FleetRun(models.Model):
     checksums = models.JSONField(default=dict, blank=True)
     wave = models.IntegerField(default=0)
     halted = models.BooleanField(default=False)
+    #: Failures count toward the halt from this moment (set by a resume): earlier ones do not halt again.
+    failures_counted_from = models.DateTimeField(null=True, blank=True)
     status_reason = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(db_default=Now(), db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)

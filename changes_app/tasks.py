@@ -10,16 +10,17 @@ import logging
 from celery import shared_task
 from django.db import connections
 
-from changes_app.drift.checks import drift_check, worker_stale_found
+from changes_app.drift.checks import drift_check, member_drift_record, worker_stale_found
 from changes_app.drift.notifications import webhook_deliver, webhooks_due
 from changes_app.engine.faults import crashpoint
+from changes_app.fleets.drift import members_drift_observe
 from changes_app.fleets.services import fleet_member_execute, fleets_reap, members_discover_all
 from changes_app.locks.backends import lock_backend_shared
 from changes_app.models import ChangeRecord
 from changes_app.pipeline.discovery import pipeline_load
 from changes_app.services import requests_expire, run_execute, runs_reap
 from changes_app.services.break_glass import reviews_overdue
-from changes_app.services.evidence import evidence_generate
+from changes_app.services.evidence import evidence_generate, evidence_reap
 from changes_app.services.runs import run_no_current_worker
 from changes_app.services.workers import (
     WorkerStale,
@@ -60,9 +61,10 @@ def run_execute_task(self, run_id: str) -> str:
 
 @shared_task(name="flamingock.runs_reap", ignore_result=True)
 def runs_reap_task() -> dict:
-    """Abort runs whose worker died; queue again runs the broker lost; advance fleet runs from their rows."""
+    """Abort runs whose worker died; queue again runs the broker lost; advance fleet runs from their
+    rows; fail evidence packs whose worker died."""
     reaped = runs_reap()
-    return {**reaped, "fleets": fleets_reap()}
+    return {**reaped, "fleets": fleets_reap(), "evidence": evidence_reap()}
 
 
 @shared_task(name="flamingock.fleet_member_execute", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -119,6 +121,19 @@ def drift_check_task(self, kind: str = "scheduled") -> dict:
 def drift_check_live_task(self) -> dict:
     """Live drift: every applied change's verify probe against its target (hourly by default)."""
     return _drift_check(self, "live")
+
+
+@shared_task(bind=True, name="flamingock.fleet_drift_check", ignore_result=True)
+def fleet_drift_check_task(self) -> dict:
+    """Drift per member: the next batch of the target groups' members (the least recently checked
+    first), their findings recorded with one notification per group (every 5 minutes by default)."""
+    try:
+        report = member_drift_record(observed=members_drift_observe())
+    except WorkerStale as stale:
+        _hand_back(self, stale)
+        worker_stale_found(stale=stale, task=self.name, handbacks=self.request.retries)
+        return {"checks": [], "stale": stale.worker}
+    return {"checks": report.checks, "seen": len(report.seen), "opened": len(report.opened), "resolved": len(report.resolved)}
 
 
 @shared_task(name="flamingock.webhook_deliver", ignore_result=True)

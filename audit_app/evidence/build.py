@@ -11,7 +11,7 @@ from django.utils import timezone
 from audit_app.chain import timestamp_text
 from audit_app.evidence.pack import PackResult, pack_write
 from audit_app.evidence.summary import summary_pdf
-from audit_app.evidence.trail import audit_text, feed_lines, period_find
+from audit_app.evidence.trail import audit_text, context_lines, feed_lines, period_find
 from audit_app.signing import signing_key
 
 
@@ -57,13 +57,15 @@ def pack_build(
         "audit_seq_first": period.first_seq,
         "audit_seq_last": period.last_seq,
     }
-    total = period.size
+    total = period.entries
+    context = context_lines(period)
     return pack_write(
         path,
         parameters=parameters,
         scope=scope,
-        text=audit_text(period, since=since, until=until),
-        feed=feed_lines(period, environment),
+        entries=total,
+        text=audit_text(period, context, since=since, until=until),
+        feed=feed_lines(period, environment, context),
         key=signing_key(),
         render_summary=summary_pdf,
         progress=(lambda done: progress(done, total)) if progress is not None else None,

@@ -279,7 +279,7 @@ class Evidence:
         request["approvals"].append(
             {
                 "actor": record["actor"],
-                "role": ", ".join(sorted(self.roles.get(record["actor"], ()))) or "-",
+                "role": _role(details, self.roles.get(record["actor"], ())),
                 "automatic": bool(details.get("automatic")),
                 "seq": record["seq"],
             }
@@ -477,11 +477,22 @@ class Evidence:
             if any(a["actor"] == use["actor"] for a in reviewers):
                 exceptions.append({"seq": use["seq"], "reason": f"{name}: reviewed by the person who used it"})
             elif review is not None and review["approved_at"] is not None:
-                if parse_time(review["approved_at"]) > deadline:
+                # Late by the pack's window, or by the product's own deadline at the time of use
+                # (its ``review.overdue`` entry), whichever says so: the two windows may differ.
+                if overdue or parse_time(review["approved_at"]) > deadline:
                     exceptions.append({"seq": use["seq"], "reason": f"{name}: reviewed late"})
             elif overdue or deadline < self.end:
                 exceptions.append({"seq": use["seq"], "reason": f"{name}: not reviewed in time"})
         return _control("emergency_reviewed_in_time", self.break_glass, exceptions, sorted(refs))
+
+
+def _role(details: dict, inferred) -> str:
+    """The approver's roles as recorded in the decision's entry (``details.roles``); for an entry
+    written before decisions recorded them, inferred from the role grants before it."""
+    roles = details.get("roles")
+    if not isinstance(roles, list):
+        roles = sorted(inferred)
+    return ", ".join(str(role) for role in roles) or "-"
 
 
 def _key(value) -> str:

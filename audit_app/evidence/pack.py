@@ -1,10 +1,11 @@
 """The evidence pack writer: one zip file, written entry by entry, whatever the period's size.
 
-``audit.jsonl`` is streamed into the zip as text as it is read (stored, not compressed: a verifier
-reads it at disk speed and a reviewer can seek in it), its SHA-256 computed on the way; then the
-entries the controls use, read apart, are fed to :class:`~audit_app.evidence.offline.Evidence`,
-which keeps the period's requests, executions and findings, never its entries. The other files are written after it, then the manifest of every
-file's SHA-256 and its Ed25519 signature.
+The entries the controls use, read apart, are fed first to
+:class:`~audit_app.evidence.offline.Evidence`, which keeps the period's requests, executions and
+findings, never its entries; the summary PDF is drawn from them in a thread while ``audit.jsonl``
+is streamed into the zip as it is read (stored, not compressed: a verifier reads it at disk speed
+and a reviewer can seek in it), its SHA-256 computed on the way. The other files are written after
+it, then the manifest of every file's SHA-256 and its Ed25519 signature.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import json
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,54 +65,66 @@ def pack_write(
     *,
     parameters: dict,
     scope: dict,
-    text: Iterable[tuple[str, int]],
+    entries: int,
+    text: Iterable[tuple[bytes, int]],
     feed: Iterator[dict],
     key: Ed25519PrivateKey,
     render_summary: Callable[[Evidence, list[dict], dict], bytes],
     progress: Callable[[int], None] | None = None,
 ) -> PackResult:
-    """Write the pack at ``path``. ``text``: ``audit.jsonl`` in chunks, each with the number of the
-    period's entries in it; its lines: the context entries, the checkpoint (or genesis) before, the
-    entries before, in and after the period, the checkpoint after; an entry line is its record with
-    ``"record": "entry"`` and its ``part``. ``feed``: the lines the controls use, in the same order."""
+    """Write the pack at ``path``, first as :func:`partial_path`. ``entries``: how many of the period's
+    entries ``audit.jsonl`` holds. ``text``: ``audit.jsonl`` in chunks of UTF-8, each with about how
+    many of the period's entries it holds (for ``progress``); its lines: the context entries, the
+    checkpoint (or genesis) before, the entries before, in and after the period, the checkpoint
+    after; an entry line is its record with ``"record": "entry"`` and its ``part``. ``feed``: the
+    lines the controls use, in the same order, read first: the summary is drawn from them in a
+    thread while ``audit.jsonl`` streams."""
     evidence = Evidence(parameters)
     files: dict[str, dict] = {}
-    entries = 0
+    written = 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
-        with archive.open(zipfile.ZipInfo(AUDIT, date_time=(1980, 1, 1, 0, 0, 0)), "w", force_zip64=True) as raw:
-            out = _Hashing(raw)
-            for chunk, count in text:
-                out.write(chunk.encode("utf-8"))
-                if count:
-                    before, entries = entries, entries + count
-                    if progress is not None and entries // PROGRESS_EVERY > before // PROGRESS_EVERY:
-                        progress(entries)
-            files[AUDIT] = {"sha256": out.digest.hexdigest(), "bytes": out.size}
-        for line in feed:
-            evidence.feed(line, line["part"])
-        controls = evidence.controls()
-        for name, data in (
-            (CHANGES, evidence.changes_csv()),
-            (ACCESS, evidence.access_csv()),
-            (FINDINGS, evidence.findings_csv()),
-            (CONTROLS, evidence.controls_json()),
-            (SUMMARY, render_summary(evidence, controls, scope)),
-        ):
-            _member(archive, name, data, compressed=name != SUMMARY)
-            files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-        public = public_key_hex(key)
-        manifest = json.dumps(
-            {"format": FORMAT, "scope": scope, "entries": entries, "public_key": public, "key_id": key_id(public), "files": files},
-            indent=2,
-            sort_keys=True,
-            ensure_ascii=False,
-        ).encode()
-        _member(archive, MANIFEST, manifest, compressed=False)
-        _member(archive, SIGNATURE, key.sign(manifest_message(manifest)).hex().encode() + b"\n", compressed=False)
+    partial = partial_path(path)
+    for line in feed:
+        evidence.feed(line, line["part"])
+    controls = evidence.controls()
+    # The summary is drawn while audit.jsonl streams: the one waits on the renderer, the other on the server.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evidence-summary") as executor:
+        summary = executor.submit(render_summary, evidence, controls, scope)
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
+            with archive.open(zipfile.ZipInfo(AUDIT, date_time=(1980, 1, 1, 0, 0, 0)), "w", force_zip64=True) as raw:
+                out = _Hashing(raw)
+                for chunk, count in text:
+                    out.write(chunk)
+                    if count:
+                        before, written = written, min(entries, written + count)
+                        if progress is not None and written // PROGRESS_EVERY > before // PROGRESS_EVERY:
+                            progress(written)
+                files[AUDIT] = {"sha256": out.digest.hexdigest(), "bytes": out.size}
+            for name, data in (
+                (CHANGES, evidence.changes_csv()),
+                (ACCESS, evidence.access_csv()),
+                (FINDINGS, evidence.findings_csv()),
+                (CONTROLS, evidence.controls_json()),
+                (SUMMARY, summary.result()),
+            ):
+                _member(archive, name, data, compressed=name != SUMMARY)
+                files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            public = public_key_hex(key)
+            manifest = json.dumps(
+                {"format": FORMAT, "scope": scope, "entries": entries, "public_key": public, "key_id": key_id(public), "files": files},
+                indent=2,
+                sort_keys=True,
+                ensure_ascii=False,
+            ).encode()
+            _member(archive, MANIFEST, manifest, compressed=False)
+            _member(archive, SIGNATURE, key.sign(manifest_message(manifest)).hex().encode() + b"\n", compressed=False)
     partial.replace(path)
     return PackResult(path=path, manifest_sha256=hashlib.sha256(manifest).hexdigest(), entries=entries, controls=controls, files=files)
+
+
+def partial_path(path: Path) -> Path:
+    """Where the pack is written until it is complete (renamed to ``path`` then)."""
+    return path.with_name(path.name + ".partial")
 
 
 def _member(archive: zipfile.ZipFile, name: str, data: bytes, *, compressed: bool) -> None:

@@ -9,35 +9,39 @@ before the period (who held which role when deciding) and the request entries, b
 of the runs in it.
 
 Two reads (docs/decisions.md, "Evidence pack: the jsonl as PostgreSQL text"): :func:`audit_text`
-gives ``audit.jsonl`` as text, on PostgreSQL from rows of plain text and numbers
-(:func:`entries_text_postgresql`), elsewhere from Django's values (:func:`entries_text`), the same
-bytes; :func:`feed_lines` gives, in chain order, only the entries that ``Evidence.feed`` uses
-(``offline.FED_EVENTS`` in any environment, ``offline.SCOPED_EVENTS`` in the pack's).
+gives ``audit.jsonl``, on PostgreSQL as the lines the server prints and streams with ``COPY``
+(:func:`entries_copy_postgresql`), elsewhere as canonical JSON from Django's values
+(:func:`entries_text`): each line parses to the same record either way, which is what the verifier
+hashes; :func:`feed_lines` gives, in chain order, only the entries that ``Evidence.feed`` uses
+(``offline.FED_EVENTS`` in any environment, ``offline.SCOPED_EVENTS`` in the pack's). The context
+entries are read once (:func:`context_lines`) and given to both.
 """
 
 from __future__ import annotations
 
 import heapq
-import json
+import queue
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from json.encoder import c_make_encoder, encode_basestring
-from math import isfinite
-from operator import itemgetter
 
 from django.db import connections, router
-from django.db.models import Max, Min, Q
+from django.db.models import Count, Max, Min, Q
 
-from audit_app.chain import GENESIS_HASH, ROW_COLUMNS, TEXT_ROW_SQL, canonical_json, json_text_canonical, timestamp_text
+from audit_app.chain import GENESIS_HASH, ROW_COLUMNS, TEXT_ROW_SQL, canonical_json, timestamp_text
 from audit_app.evidence.offline import FED_EVENTS, FED_PREFIXES, SCOPED_EVENTS, SCOPED_PREFIXES
 from audit_app.integrity import checkpoint_write
 from audit_app.models import AuditCheckpoint, AuditEntry
 
 #: Rows fetched per round trip.
 CHUNK = 2_000
-#: Rows per round trip, and per chunk of text, of ``audit.jsonl`` on PostgreSQL.
-TEXT_CHUNK = 5_000
+#: Sequence numbers per ``COPY`` of ``audit.jsonl`` on PostgreSQL (about 6 MB of lines), and the
+#: connections printing ranges at once (:func:`entries_copy_postgresql`).
+COPY_RANGE = 8_000
+COPY_STREAMS = 2
 
 
 @dataclass
@@ -46,6 +50,8 @@ class Period:
     last_seq: int
     before: dict
     after: dict
+    #: The period's entries: ``since <= created_at < until`` (all of them between the two sequence numbers).
+    entries: int = 0
 
     @property
     def size(self) -> int:
@@ -75,10 +81,10 @@ def _checkpoint_line(checkpoint: AuditCheckpoint, position: str) -> dict:
 def period_find(*, since: datetime, until: datetime) -> Period:
     """The period's sequence numbers and the signed checkpoints around it."""
     entries = _entries()
-    bounds = entries.filter(created_at__gte=since, created_at__lt=until).aggregate(first=Min("seq"), last=Max("seq"))
+    bounds = entries.filter(created_at__gte=since, created_at__lt=until).aggregate(first=Min("seq"), last=Max("seq"), count=Count("seq"))
     if bounds["first"] is None:
         earlier = entries.filter(created_at__lt=since).aggregate(last=Max("seq"))["last"] or 0
-        bounds = {"first": earlier + 1, "last": earlier}
+        bounds = {"first": earlier + 1, "last": earlier, "count": 0}
     first, last = bounds["first"], bounds["last"]
     checkpoints = AuditCheckpoint.objects.using(router.db_for_read(AuditCheckpoint))
     before = checkpoints.filter(seq__lt=first).order_by("-seq", "-id").first()
@@ -94,7 +100,7 @@ def period_find(*, since: datetime, until: datetime) -> Period:
         if before is not None
         else {"record": "genesis", "position": "before", "seq": 0, "entry_hash": GENESIS_HASH}
     )
-    return Period(first_seq=first, last_seq=last, before=before_line, after=after_line)
+    return Period(first_seq=first, last_seq=last, before=before_line, after=after_line, entries=bounds["count"])
 
 
 def entry_line(row: tuple, part: str) -> dict:
@@ -105,9 +111,10 @@ def entry_line(row: tuple, part: str) -> dict:
     return record
 
 
-def _context(period: Period) -> Iterator[dict]:
-    """The context entries in chain order: the role grants and the earlier requests, merged."""
-    return heapq.merge(_grants(period), _requests(period), key=lambda line: line["seq"])
+def context_lines(period: Period) -> list[dict]:
+    """The context entries in chain order: the role grants and the earlier requests, merged. Read
+    once per pack: both ``audit.jsonl`` and the controls' feed take them from the one list."""
+    return list(heapq.merge(_grants(period), _requests(period), key=lambda line: line["seq"]))
 
 
 def _grants(period: Period) -> Iterator[dict]:
@@ -131,11 +138,11 @@ def _part(seq: int, period: Period) -> str:
     return "before" if seq < period.first_seq else "period" if seq <= period.last_seq else "after"
 
 
-def feed_lines(period: Period, environment: str) -> Iterator[dict]:
+def feed_lines(period: Period, environment: str, context: list[dict]) -> Iterator[dict]:
     """The lines :class:`~audit_app.evidence.offline.Evidence` uses, in the order of ``audit.jsonl``:
-    the context, then the entries from the checkpoint before to the one after whose event it reads
+    the ``context``, then the entries from the checkpoint before to the one after whose event it reads
     (any environment) or reads in its scope (this environment): what it would ignore is not read."""
-    yield from _context(period)
+    yield from context
     lo, hi = period.before["seq"] + 1, period.after["seq"]
     if hi < lo:
         return
@@ -150,21 +157,23 @@ def feed_lines(period: Period, environment: str) -> Iterator[dict]:
         yield entry_line(row, _part(row[1], period))
 
 
-def audit_text(period: Period, *, since: datetime, until: datetime) -> Iterator[tuple[str, int]]:
-    """``audit.jsonl`` as chunks of text, each with how many of its entries are of the period (in
-    its run of sequence numbers and ``since <= created_at < until``, as ``Evidence.in_period``)."""
-    yield "".join(canonical_json(line) + "\n" for line in _context(period)), 0
-    yield canonical_json(period.before) + "\n", 0
+def audit_text(period: Period, context: list[dict], *, since: datetime, until: datetime) -> Iterator[tuple[bytes, int]]:
+    """``audit.jsonl`` as chunks of UTF-8, each with how many of the period's entries it holds (for
+    the progress: in its run of sequence numbers, and on the generic path also
+    ``since <= created_at < until``, as ``Evidence.in_period``)."""
+    yield "".join(canonical_json(line) + "\n" for line in context).encode(), 0
+    yield (canonical_json(period.before) + "\n").encode(), 0
     connection = connections[_alias()]
     if connection.vendor == "postgresql":
-        yield from entries_text_postgresql(connection, period, since=since, until=until)
+        yield from entries_copy_postgresql(connection, period)
     else:
-        yield from entries_text(period, since=since, until=until)
-    yield canonical_json(period.after) + "\n", 0
+        for text, count in entries_text(period, since=since, until=until):
+            yield text.encode(), count
+    yield (canonical_json(period.after) + "\n").encode(), 0
 
 
 def entries_text(period: Period, *, since: datetime, until: datetime) -> Iterator[tuple[str, int]]:
-    """The entries' lines from Django's values, on any database."""
+    """The entries' lines from Django's values, on any database: canonical JSON."""
     since_text, until_text = timestamp_text(since), timestamp_text(until)
     for lo, hi, part in _ranges(period):
         buffer, count = [], 0
@@ -205,57 +214,128 @@ def _c_encode():
 _ENCODE = _c_encode()
 
 
-def entries_text_postgresql(connection, period: Period, *, since: datetime, until: datetime) -> Iterator[tuple[str, int]]:
-    """The same text as :func:`entries_text`, from rows PostgreSQL sends as plain text and numbers
-    (:data:`~audit_app.chain.TEXT_ROW_SQL`: the time and the run id already in their line form),
-    read by psycopg's C loaders a range of sequence numbers per query: no model, datetime, UUID or
-    Django converter per row. A query per range rather than a server-side cursor: one held across
-    commits is materialised by the server first, and the connection stays free between ranges for
-    the progress written meanwhile."""
-    import psycopg  # only on PostgreSQL, where Django has imported it already
-
-    columns = ", ".join(expression for expression, _ in TEXT_ROW_SQL)
-    in_period = '"seq" >= %(first)s AND "seq" <= %(last)s AND "created_at" >= %(since)s AND "created_at" < %(until)s'
-    table = connection.ops.quote_name(AuditEntry._meta.db_table)
-    query = f'SELECT {columns}, \'entry\', %(part)s, {in_period} FROM {table} WHERE "seq" >= %(lo)s AND "seq" <= %(hi)s ORDER BY "seq"'
-    params = {"first": period.first_seq, "last": period.last_seq, "since": since, "until": until}
-    names = [*ROW_COLUMNS, "record", "part", "in_period"]
-    head = [key for key in LINE_KEYS if key < "details"]
-    tail = [key for key in LINE_KEYS if key > "duration_ms"]
-    head_of, tail_of = itemgetter(*(names.index(key) for key in head)), itemgetter(*(names.index(key) for key in tail))
-    details_at, duration_at = names.index("details"), names.index("duration_ms")
-    encode, canonical, number = _encoder_in_order(), json_text_canonical, float.__repr__
-    connection.ensure_connection()
-    with psycopg.Cursor(connection.connection) as cursor:
-        for lo, hi, part in _ranges(period):
-            for start in range(lo, hi + 1, TEXT_CHUNK):
-                cursor.execute(query, {**params, "lo": start, "hi": min(hi, start + TEXT_CHUNK - 1), "part": part}, binary=True)
-                buffer, count = [], 0
-                for row in cursor.fetchall():
-                    # Two objects whose keys are already in order, joined around details and duration_ms.
-                    details, duration = canonical(row[details_at]), row[duration_at]
-                    if duration is not None and not isfinite(duration):
-                        raise ValueError(f"entry #{row[1]}: duration_ms {duration} has no JSON form")
-                    buffer.append(
-                        f"{encode(dict(zip(head, head_of(row), strict=True)))[:-1]},"
-                        f'"details":{"null" if details is None else details},'
-                        f'"duration_ms":{"null" if duration is None else number(duration)},'
-                        f"{encode(dict(zip(tail, tail_of(row), strict=True)))[1:]}"
-                    )
-                    count += row[-1]
-                buffer.append("")
-                yield "\n".join(buffer), count
-
-
 #: The keys of an entry's line, in canonical (sorted) order.
 LINE_KEYS = tuple(sorted((*ROW_COLUMNS, "record", "part")))
 
 
-def _encoder_in_order():
-    """JSON of a dict whose keys are already in order (not sorted again), by the C encoder when
-    there is one; nothing in it holds a dict (``details`` is printed apart)."""
+def _line_sql(connection) -> str:
+    """One entry's line as PostgreSQL prints it: ``row_to_json`` of the columns in the order of
+    :data:`LINE_KEYS` (no spaces, strings escaped as Python escapes them). ``details`` is its
+    ``jsonb`` text (keys by length, with spaces: the same value, not the same bytes); ``duration_ms``
+    is printed as a JSON float (PostgreSQL prints ``5`` for 5.0, which would parse as an integer
+    and hash differently), and a value JSON cannot hold stops the query with the entry named."""
+    expressions = dict(zip(ROW_COLUMNS, (expression for expression, _ in TEXT_ROW_SQL), strict=True))
+    expressions["details"] = '"details"'
+    expressions["duration_ms"] = (
+        'CASE WHEN "duration_ms" IS NULL THEN NULL'
+        """ WHEN NOT ("duration_ms" > '-Infinity' AND "duration_ms" < 'Infinity')"""
+        """ THEN ('entry #' || "seq" || ': duration_ms ' || "duration_ms" || ' has no JSON form')::int8::text::json"""
+        # Below 1e15 PostgreSQL prints an integral float without exponent or point (Python: "5.0").
+        """ WHEN "duration_ms" = trunc("duration_ms") AND abs("duration_ms") < 1e15 THEN ("duration_ms"::text || '.0')::json"""
+        ' ELSE "duration_ms"::text::json END'
+    )
+    expressions["record"] = "'entry'"
+    expressions["part"] = """CASE WHEN "seq" < %(first)s THEN 'before' WHEN "seq" <= %(last)s THEN 'period' ELSE 'after' END"""
+    columns = ", ".join(f'{expressions[key]} AS "{key}"' for key in LINE_KEYS)
+    table = connection.ops.quote_name(AuditEntry._meta.db_table)
+    return f'SELECT row_to_json(line) FROM (SELECT {columns} FROM {table} WHERE "seq" >= %(lo)s AND "seq" <= %(hi)s) line ORDER BY line."seq"'
+
+
+def entries_copy_postgresql(connection, period: Period, *, streams: int | None = None) -> Iterator[tuple[bytes, int]]:
+    """The entries' lines built by PostgreSQL and streamed with ``COPY ... TO STDOUT``, a range of
+    :data:`COPY_RANGE` sequence numbers per statement, each range's bytes yielded with the number of
+    the period's sequence numbers in it: no row reaches Python as values, only as the bytes written
+    to the pack. CSV with a delimiter and a quote that JSON text never holds raw (control characters,
+    which JSON escapes) leaves each line exactly as PostgreSQL printed it; the text format would
+    double every backslash. A statement per range rather than one: nothing is materialised (a cursor
+    held across commits would be), and the connection is free between ranges for the progress the
+    worker writes meanwhile.
+
+    Printing a line costs the server about four times what ``SELECT *`` costs, so outside a
+    transaction ranges are printed by ``streams`` (:data:`COPY_STREAMS`) connections of their own at
+    once, and written in order; inside one (tests, or a caller's atomic block) the other connections
+    would not see its rows, and Django's connection prints them one range after the other."""
+    lo, hi = period.before["seq"] + 1, period.after["seq"]
+    ranges = [(start, min(hi, start + COPY_RANGE - 1)) for start in range(lo, hi + 1, COPY_RANGE)]
+    query = f"COPY ({_line_sql(connection)}) TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02')"
+    streams = COPY_STREAMS if streams is None else streams
+
+    def params(start: int, end: int) -> dict:
+        return {"first": period.first_seq, "last": period.last_seq, "lo": start, "hi": end}
+
+    def in_period(start: int, end: int) -> int:
+        return max(0, min(end, period.last_seq) - max(start, period.first_seq) + 1)
+
+    connection.ensure_connection()
+    if streams > 1 and len(ranges) > 1 and not connection.in_atomic_block:
+        for (start, end), data in zip(ranges, _copy_parallel(connection, query, [params(*r) for r in ranges], streams), strict=True):
+            yield data, in_period(start, end)
+        return
+    with _copy_cursor(connection.connection) as cursor:
+        for start, end in ranges:
+            yield _copy_range(cursor, query, params(start, end)), in_period(start, end)
+
+
+@contextmanager
+def _copy_cursor(raw) -> Iterator:
+    """A client-side binding cursor (``COPY`` takes no server-side parameters) on ``raw``, with floats
+    printed shortest-exact whatever the server's setting (PostgreSQL 12 and later)."""
+    import psycopg  # only on PostgreSQL, where Django has imported it already
+
+    with psycopg.ClientCursor(raw) as cursor:
+        cursor.execute("SET extra_float_digits = 3")
+        try:
+            yield cursor
+        finally:
+            if raw.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+                cursor.execute("RESET extra_float_digits")
+
+
+def _copy_range(cursor, query: str, params: dict) -> bytes:
+    with cursor.copy(query, params) as copy:
+        return b"".join(copy)
+
+
+def _copy_parallel(connection, query: str, ranges: list[dict], streams: int) -> Iterator[bytes]:
+    """Each range's bytes, in order, printed by ``streams`` new connections at once: range ``i`` by
+    connection ``i % streams``, each at most one range ahead of the writer (memory: two ranges per
+    connection). An error in any stops them all and is raised here."""
+    stop = threading.Event()
+    queues: list[queue.Queue] = [queue.Queue(maxsize=1) for _ in range(streams)]
+
+    def put(box: queue.Queue, item) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def printer(index: int) -> None:
+        try:
+            raw = connection.get_new_connection(connection.get_connection_params())
+            try:
+                raw.autocommit = True
+                with _copy_cursor(raw) as cursor:
+                    for params in ranges[index::streams]:
+                        if stop.is_set() or not put(queues[index], ("data", _copy_range(cursor, query, params))):
+                            return
+            finally:
+                raw.close()
+        except BaseException as error:  # noqa: BLE001 -- handed to the writer, which raises it
+            put(queues[index], ("error", error))
+
+    threads = [threading.Thread(target=printer, args=(index,), name=f"evidence-copy-{index}", daemon=True) for index in range(streams)]
+    for thread in threads:
+        thread.start()
     try:
-        iterencode = c_make_encoder(None, None, encode_basestring, None, ":", ",", False, False, False)
-    except TypeError:  # no C encoder
-        return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-    return lambda value: "".join(iterencode(value, 0))
+        for index in range(len(ranges)):
+            kind, value = queues[index % streams].get()
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()

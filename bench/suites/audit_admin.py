@@ -15,7 +15,10 @@ response, no network. Each repetition runs every case on both sides, alternating
 before timing, each pair is checked to list the same entries.
 
     python bench/run.py --only audit-admin
-    python -m bench.suites.audit_admin [--entries 1000000] [--repeat 20] [--profile DIR]
+    python -m bench.suites.audit_admin [--entries 1000000] [--repeat 20] [--profile DIR] [--database NAME]
+
+``--database`` times a trail database you keep (built once with ``bench.audit_data``'s generator,
+migrated) instead of building a clone: for measuring one change after another.
 """
 
 from __future__ import annotations
@@ -270,6 +273,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--profile", metavar="DIR", help="also cProfile the product's requests of each case into DIR")
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432")
+    parser.add_argument("--database", help="an existing trail database of --entries entries, kept (default: a fresh clone, dropped)")
     options = parser.parse_args()
     if options.child:
         print(RESULT_MARK + json.dumps(_child(options.repeat, options.warmup, options.profile)), flush=True)
@@ -279,7 +283,9 @@ def main() -> None:
     with standalone_context(options.pg, **fields) as context:
         if options.profile:
             Path(options.profile).mkdir(parents=True, exist_ok=True)
-        markdown, data = measure(context, entries=options.entries, repeat=options.repeat, warmup=options.warmup, profile_dir=options.profile)
+        markdown, data = measure(
+            context, entries=options.entries, repeat=options.repeat, warmup=options.warmup, profile_dir=options.profile, database=options.database
+        )
         print(markdown)
         print(json.dumps(data["goals"], indent=2))
 

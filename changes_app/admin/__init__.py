@@ -8,7 +8,7 @@ fixup checks them when ``run --async`` queues a run).
 
 from django.apps import apps
 
-from changes_app.admin import changes, drift, evidence, requests, runs, site, targets, tokens, workers  # noqa: F401
+from changes_app.admin import changes, drift, evidence, fleets, requests, runs, site, targets, tokens, workers  # noqa: F401
 
 if apps.is_installed("django_celery_beat"):
     from changes_app.admin import schedules  # noqa: F401

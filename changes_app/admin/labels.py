@@ -106,6 +106,8 @@ REQUEST_KINDS = {
     "ACCEPT_CHECKSUM": _("Accept checksum"),
     "ADOPT": _("Adopt a database's Django migrations"),
     "REVIEW": _("Break-glass review"),
+    "FLEET_RETRY": _("Retry a fleet run's failed members"),
+    "FLEET_CONTINUE": _("Continue a fleet run after its canary"),
 }
 
 REQUEST_STATUSES = {
@@ -179,6 +181,44 @@ EVENTS = {
     "schedule.changed": _("Schedule changed"),
     "auth.login": _("Signed in"),
     "auth.login_failed": _("Sign-in failed"),
+    "fleet.started": _("Fleet run started"),
+    "fleet.wave_started": _("Fleet wave started"),
+    "fleet.halted": _("Fleet run halted"),
+    "fleet.finished": _("Fleet run finished"),
+    "fleet.resumed": _("Fleet run resumed"),
+    "fleet.retry_requested": _("Fleet run: failed members retried"),
+    "member.added": _("Group member added"),
+    "member.removed": _("Group member removed"),
+}
+
+#: A fleet run's result, and where each of its members stands (docs/fleet.md).
+FLEET_RESULTS = {
+    "": _("In progress"),
+    "SUCCEEDED": _("Succeeded"),
+    "HALTED": _("Halted"),
+    "PARTIAL": _("Partial: some members failed"),
+    "CANCELLED": _("Cancelled"),
+}
+
+FLEET_MEMBER_STATUSES = {
+    "PENDING": _("Waiting for its wave"),
+    "QUEUED": _("Queued"),
+    "RUNNING": _("Running"),
+    "SUCCEEDED": _("Succeeded"),
+    "FAILED": _("Failed"),
+    "NOT_STARTED": _("Not started"),
+}
+
+#: The fleet view's member filter (``fleets.overview.MEMBER_FILTERS``).
+FLEET_MEMBER_FILTERS = {
+    "": _("All members"),
+    "attention": _("Failed or blocked"),
+    "failed": _("Failed (an error)"),
+    "blocked": _("Blocked (needs a person, an approval or the lock)"),
+    "not_started": _("Not started"),
+    "running": _("Queued or running"),
+    "pending": _("Waiting for their wave"),
+    "succeeded": _("Succeeded"),
 }
 
 TABLES = {
@@ -193,6 +233,9 @@ TABLES = {
     "request_status": REQUEST_STATUSES,
     "finding_kind": FINDING_KINDS,
     "event": EVENTS,
+    "fleet_result": FLEET_RESULTS,
+    "fleet_member_status": FLEET_MEMBER_STATUSES,
+    "fleet_member_filter": FLEET_MEMBER_FILTERS,
 }
 
 

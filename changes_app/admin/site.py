@@ -2,17 +2,31 @@
 own layout with a way back (docs/admin.md, "Accessibility and layout")."""
 
 import logging
+import threading
+import time
+import uuid
+from urllib.parse import quote
 
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
+from django.core.cache import cache
+from django.db import transaction
+from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.http import HttpResponseServerError
 from django.shortcuts import render
 from django.template import loader
 from django.templatetags.static import static
-from django.urls import reverse
+from django.urls import get_script_prefix, get_urlconf, reverse
+from django.utils.functional import SimpleLazyObject
+from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import get_language
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.csrf import requires_csrf_token
+from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
 
 from changes_app.admin.views import dashboard_context
+from changes_app.models import TargetSystem
 
 logger = logging.getLogger("flamingock.admin")
 
@@ -25,7 +39,36 @@ class FlamingockAdminSite(admin.AdminSite):
     def each_context(self, request):
         # "View site" leads to the dashboard: the product has no public site of its own, and a host
         # project that mounts it elsewhere gets its own mount point here.
-        return {**super().each_context(request), "site_url": reverse(f"{self.name}:index", current_app=self.name)}
+        context = {**super().each_context(request), "site_url": reverse(f"{self.name}:index", current_app=self.name)}
+        # The sidebar drawn once per app list and current page (nav_sidebar_html), for the pages
+        # whose template uses it; computed only if one does.
+        apps = context["available_apps"]
+        context["nav_sidebar_html"] = SimpleLazyObject(lambda: self.nav_sidebar_html(request, apps))
+        return context
+
+    def get_app_list(self, request, app_label=None):
+        """Django's app list, computed once per user and permission state (every registered model's
+        permissions and URLs: 3.6 ms of each admin page, docs/performance.md) and kept by this
+        process for :data:`APP_LIST_TTL` seconds at most; a copy, so a caller may change it."""
+        key = None if app_label is not None else _app_list_key(self, request)
+        if key is None:
+            return super().get_app_list(request, app_label)
+        app_list = _memo(key, lambda: super(FlamingockAdminSite, self).get_app_list(request))
+        return [{**app, "models": [{**model, "perms": dict(model["perms"])} for model in app["models"]]} for app in app_list]
+
+    def nav_sidebar_html(self, request, available_apps) -> SafeString:
+        """``admin/nav_sidebar.html`` as Django's base template includes it, drawn once per app list
+        (user and permission state) and per current app and model of the page: the template reads
+        only ``available_apps``, the request's path and the language."""
+        key = _app_list_key(self, request)
+        path = quote(request.path, safe="/")  # as the template's ``request.path|urlencode``
+        urls = [url for app in available_apps for url in (app["app_url"], *(model["admin_url"] for model in app["models"]))]
+        current = tuple(_within(url, path) for url in urls)
+
+        def draw() -> SafeString:
+            return mark_safe(loader.render_to_string("admin/nav_sidebar.html", {"available_apps": available_apps, "request": request}))
+
+        return draw() if key is None else _memo(("nav_sidebar", key, current), draw)
 
     def index(self, request, extra_context=None):
         """The admin index is the dashboard: what needs attention, for the user who looks."""
@@ -35,6 +78,105 @@ class FlamingockAdminSite(admin.AdminSite):
 #: The one instance: Django's default site (``admin.site``) is this object, whichever module
 #: first asks for it.
 site = FlamingockAdminSite()
+
+
+# -- the app list, once per user and permission state ------------------------------------------------
+
+#: The shared cache's key of the permission state's version: a new random value whenever a permission,
+#: a group, a membership, an object permission, a user or a target system is saved or deleted
+#: (:func:`permissions_changed`), so that every process that shares the cache sees it.
+PERMISSIONS_VERSION_KEY = "flamingock:admin:permissions-version"
+#: Seconds a process keeps an app list at most: the bound on a change no signal reports (raw SQL,
+#: ``bulk_create``), and on one made in a process that does not share the cache (the local-memory
+#: cache is for one process only, settings.CACHES).
+APP_LIST_TTL = 60.0
+#: App lists and sidebars a process keeps (each a few kilobytes), the oldest dropped first.
+APP_LISTS_KEPT = 512
+
+_kept: dict[tuple, tuple[float, object]] = {}
+_kept_lock = threading.Lock()
+
+
+def permissions_version() -> str | None:
+    """The permission state's version (``None`` when the cache does not answer: nothing is kept)."""
+    try:
+        version = cache.get(PERMISSIONS_VERSION_KEY)
+        if version is None:
+            version = uuid.uuid4().hex
+            if not cache.add(PERMISSIONS_VERSION_KEY, version, timeout=None):
+                version = cache.get(PERMISSIONS_VERSION_KEY)
+        return version
+    except Exception:  # noqa: BLE001 - a cache that is down costs the app list, never the page
+        logger.warning("the cache did not answer: the admin's app list is computed for this request", exc_info=True)
+        return None
+
+
+def permissions_changed(sender=None, using=None, **kwargs) -> None:
+    """A receiver: the permission state changed, so every process's app lists are out of date. Said
+    now and again when the transaction commits (a list recomputed in between read the old state)."""
+
+    def bump():
+        try:
+            cache.set(PERMISSIONS_VERSION_KEY, uuid.uuid4().hex, timeout=None)
+        except Exception:  # noqa: BLE001 - the change itself must not fail; kept lists expire (APP_LIST_TTL)
+            logger.warning("the cache did not answer: admin app lists stay up to %s s old", APP_LIST_TTL, exc_info=True)
+
+    bump()
+    transaction.on_commit(bump, using=using)
+
+
+def _user_saved(sender, instance, created, update_fields=None, **kwargs) -> None:
+    # A sign-in saves last_login: not a permission change. A new user may reuse an id (SQLite after a rollback).
+    if created or update_fields is None or set(update_fields) - {"last_login"}:
+        permissions_changed(sender=sender, **kwargs)
+
+
+def receivers_connect() -> None:
+    """What changes the permission state (idempotent)."""
+    User = get_user_model()
+    for through in (User.groups.through, User.user_permissions.through, Group.permissions.through):
+        m2m_changed.connect(permissions_changed, sender=through, dispatch_uid=f"flamingock.app_list.{through._meta.label_lower}")
+    post_save.connect(_user_saved, sender=User, dispatch_uid="flamingock.app_list.user.save")
+    post_delete.connect(permissions_changed, sender=User, dispatch_uid="flamingock.app_list.user.delete")
+    for model in (Group, Permission, get_user_obj_perms_model(), get_group_obj_perms_model(), TargetSystem):
+        for signal, name in ((post_save, "save"), (post_delete, "delete")):
+            signal.connect(permissions_changed, sender=model, dispatch_uid=f"flamingock.app_list.{model._meta.label_lower}.{name}")
+
+
+receivers_connect()
+
+
+def _app_list_key(admin_site, request) -> tuple | None:
+    """What an app list depends on besides the permission state: the user and their flags, the
+    language, where the site is mounted, and the target system permission screens, which grant the
+    change permission for their own requests (``_flk_permission_screen``, changes_app/admin/targets.py)."""
+    version = permissions_version()
+    if version is None:
+        return None
+    user = request.user
+    return (
+        admin_site.name, version, user.pk, user.is_active, user.is_staff, user.is_superuser,
+        get_language(), get_script_prefix(), get_urlconf(), bool(getattr(request, "_flk_permission_screen", False)),
+    )  # fmt: skip
+
+
+def _memo(key: tuple, compute):
+    """``compute()``, kept under ``key`` for :data:`APP_LIST_TTL` seconds."""
+    now = time.monotonic()
+    found = _kept.get(key)
+    if found is not None and now - found[0] < APP_LIST_TTL:
+        return found[1]
+    value = compute()
+    with _kept_lock:
+        while len(_kept) >= APP_LISTS_KEPT:
+            _kept.pop(next(iter(_kept)))
+        _kept[key] = (now, value)
+    return value
+
+
+def _within(url, path: str) -> bool:
+    """The template's ``url in request.path|urlencode`` (false for a model without a page)."""
+    return isinstance(url, str) and url in path
 
 
 def default_site() -> FlamingockAdminSite:

@@ -10,6 +10,7 @@ from guardian.admin import AdminGroupObjectPermissionsForm, AdminUserObjectPermi
 from changes_app.admin import views
 from changes_app.admin.common import admin_view
 from changes_app.conf import current_environment
+from changes_app.fleets.groups import group_names
 from changes_app.models import ApprovalPolicy, TargetSystem
 
 #: The two object permissions that govern a target system, first on guardian's screens, each with
@@ -77,6 +78,7 @@ class TargetSystemAdmin(GuardedModelAdminMixin, admin.ModelAdmin):
             "may_manage_permissions": views.is_platform_admin(request.user),
             "environment": current_environment(),
             "policy_form": views.PolicyForm(),
+            "is_group": bool(target) and target.name in group_names(),
             "adoption": views.adoption_pending(request, target),
             "adoption_form": views.ReasonForm(),
             "show_save": False,

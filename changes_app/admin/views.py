@@ -26,6 +26,8 @@ from changes_app import services
 from changes_app.admin import labels
 from changes_app.conf import current_environment, environments_declared
 from changes_app.engine.actions import ACTIONS
+from changes_app.fleets.groups import group_names
+from changes_app.fleets.overview import fleets_in_progress
 from changes_app.governance.identity import user_actor
 from changes_app.governance.permissions import APPROVE, OPERATE, PermissionRefused, actor_may
 from changes_app.governance.policy import BREAK_GLASS
@@ -245,6 +247,8 @@ def dashboard_context(request) -> dict:
         "flk_findings": open_findings(user),
         "flk_drift": drift,
         "flk_issue_count": len(issues) + len(drift),
+        # Fleet runs in progress with their wave progress (docs/fleet.md, "The fleet view").
+        "flk_fleets": fleets_in_progress(user),
     }
 
 
@@ -595,7 +599,8 @@ class PolicyForm(ReasonForm):
         error_messages={"invalid_choice": _("%(value)s is not a declared environment (FLAMINGOCK_ENVIRONMENTS); choose one from the list.")},
     )
     required_approvals = forms.IntegerField(label=_("Approvals required"), min_value=0, max_value=10, initial=1)
-    field_order = ["environment", "required_approvals", "reason"]
+    fleet_canary_approval = forms.BooleanField(label=_("Fleet runs stop after their canary wave for a fresh approval"), required=False, initial=False)
+    field_order = ["environment", "required_approvals", "fleet_canary_approval", "reason"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -626,6 +631,8 @@ def policy_view(model_admin, request, object_id):
             required_approvals=form.cleaned_data["required_approvals"],
             actor=actor_of(request),
             reason=form.cleaned_data["reason"],
+            # Only a target group's form offers it; elsewhere it is left as it is.
+            fleet_canary_approval=form.cleaned_data["fleet_canary_approval"] if target.name in group_names() else None,
         )
     except (services.FlamingockError, PermissionRefused) as error:
         model_admin.message_user(request, str(error), messages.ERROR)

@@ -11,14 +11,12 @@ from rest_framework import permissions, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from changes_app import services
 from changes_app.api import serializers as s
 from changes_app.api.schema import error_responses
 from changes_app.governance.identity import user_actor
 from changes_app.governance.permissions import PermissionRefused
 from changes_app.governance.refusals import PERMISSION, refusal_record
-from changes_app.models import EvidencePack
-from changes_app.services.evidence import GENERATE, evidence_file, evidence_may, evidence_request, evidence_visible
+from changes_app.services.evidence import GENERATE, evidence_file, evidence_get, evidence_may, evidence_request, evidence_visible
 
 
 def _reader(request, pk: int | None = None):
@@ -61,10 +59,7 @@ class EvidencePackDetail(APIView):
     @extend_schema(summary="An evidence pack's progress and results", responses={200: s.EvidencePackSerializer, **error_responses(403, 404)})
     def get(self, request, pk: int):
         _reader(request, pk)
-        pack = EvidencePack.objects.filter(pk=pk).first()
-        if pack is None:
-            raise services.NotFound(f"no evidence pack {pk}")
-        return Response(s.EvidencePackSerializer(pack).data)
+        return Response(s.EvidencePackSerializer(evidence_get(pack_id=pk)).data)
 
 
 class EvidencePackDownload(APIView):

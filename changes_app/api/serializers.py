@@ -240,6 +240,7 @@ class FindingSerializer(serializers.ModelSerializer):
             "target",
             "run_id",
             "lock_name",
+            "member",
             "summary",
             "first_seen",
             "last_seen",

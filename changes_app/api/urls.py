@@ -40,6 +40,7 @@ urlpatterns = [
     path("fleets/", fleets_api.FleetRunList.as_view(), name="fleet-run-list"),
     path("fleets/<uuid:pk>/", fleets_api.FleetRunDetail.as_view(), name="fleet-run-detail"),
     path("fleets/plan/<str:target>/", fleets_api.FleetPlanView.as_view(), name="fleet-plan"),
+    path("fleets/<uuid:pk>/matrix/", fleets_api.FleetRunMatrix.as_view(), name="fleet-run-matrix"),
     path("fleets/<uuid:pk>/retry/", fleets_api.FleetRunRetry.as_view(), name="fleet-run-retry"),
     path("fleets/<uuid:pk>/cancel/", fleets_api.FleetRunCancel.as_view(), name="fleet-run-cancel"),
     path("fleets/<uuid:pk>/resume/", fleets_api.FleetRunResume.as_view(), name="fleet-run-resume"),

@@ -31,7 +31,7 @@ from changes_app.conf import current_environment
 from changes_app.drift.django_migrations import KINDS as DJANGO_DRIFT_KINDS
 from changes_app.drift.django_migrations import django_drift_observe
 from changes_app.drift.findings import finding_as_dict
-from changes_app.drift.notifications import finding_notify
+from changes_app.drift.notifications import finding_notify, findings_notify_grouped
 from changes_app.errors import ActionRefused, NotFound, PipelineInvalid, require_reason
 from changes_app.governance.permissions import PermissionRefused
 from changes_app.locks.backends import lock_backend
@@ -67,9 +67,13 @@ class Condition:
     worker: str = ""
     #: A periodic task's name (``SCHEDULE_CHANGED``).
     schedule: str = ""
+    #: A member of a target group (fleet drift): one finding per member, change and kind.
+    member: str = ""
 
     def fingerprint(self, environment: str) -> str:
         subject = self.change_id or self.run_id or self.lock_name or self.worker or self.schedule
+        if self.member:
+            subject = f"{subject}\x1f{self.target}\x1f{self.member}"
         return hashlib.sha256(f"{environment}\x1f{self.kind}\x1f{subject}".encode()).hexdigest()
 
 
@@ -404,7 +408,8 @@ def _reconcile(check: str, observation: Observation, *, actor: Actor, report: Dr
         report.seen.append(finding)
         if opened:
             report.opened.append(finding)
-    cleared = Finding.objects.filter(environment=environment, check_name=check, kind__in=_KINDS[check], status__in=Finding.ACTIVE).exclude(
+    # Members' findings are the member drift check's own (``member_drift_record``).
+    cleared = Finding.objects.filter(environment=environment, check_name=check, kind__in=_KINDS[check], status__in=Finding.ACTIVE, member="").exclude(
         pk__in=present
     )
     if observation.undecided:
@@ -417,8 +422,9 @@ def _reconcile(check: str, observation: Observation, *, actor: Actor, report: Dr
             report.resolved.append(finding)
 
 
-def _sighting(check: str, condition: Condition, *, environment: str, now, actor: Actor) -> tuple[Finding, bool]:
-    """Record one sighting; True when the finding is new or reopened (the only times it notifies)."""
+def _sighting(check: str, condition: Condition, *, environment: str, now, actor: Actor, notify: bool = True) -> tuple[Finding, bool]:
+    """Record one sighting; True when the finding is new or reopened (the only times it notifies;
+    ``notify=False``: the caller notifies, once for many)."""
     fingerprint = condition.fingerprint(environment)
     values = {
         "summary": condition.summary,
@@ -438,6 +444,7 @@ def _sighting(check: str, condition: Condition, *, environment: str, now, actor:
                         change_id=condition.change_id,
                         run_id=condition.run_id,
                         lock_name=condition.lock_name,
+                        member=condition.member,
                         first_seen=now,
                         last_seen=now,
                         status_changed_at=now,
@@ -448,7 +455,8 @@ def _sighting(check: str, condition: Condition, *, environment: str, now, actor:
                 finding = Finding.objects.select_for_update().get(fingerprint=fingerprint)
             else:
                 _audit(finding, "drift.detected", actor=actor, reason=condition.summary, stage=condition.stage, extra={"new": True})
-                _notify_on_commit(finding)
+                if notify:
+                    _notify_on_commit(finding)
                 return finding, True
         reopened = not finding.active
         finding.last_seen = now
@@ -462,7 +470,8 @@ def _sighting(check: str, condition: Condition, *, environment: str, now, actor:
         finding.save(update_fields=update)
         if reopened:
             _audit(finding, "drift.detected", actor=actor, reason=condition.summary, stage=condition.stage, extra={"reopened": True})
-            _notify_on_commit(finding)
+            if notify:
+                _notify_on_commit(finding)
     return finding, reopened
 
 
@@ -531,6 +540,7 @@ def _audit(finding: Finding, event: str, *, actor: Actor, reason: str, stage: st
         environment=finding.environment,
         change=ChangeRef(id="", target=finding.target) if finding.target else None,
         run_id=finding.run_id,
+        member=finding.member or None,
         reason=reason,
         details={
             "finding": finding.pk,
@@ -541,6 +551,61 @@ def _audit(finding: Finding, event: str, *, actor: Actor, reason: str, stage: st
             **(extra or {}),
         },
     )
+
+
+#: The kinds the member drift check records, by the check they belong to.
+MEMBER_KINDS = {
+    Finding.Kind.CHECKSUM_MISMATCH: Finding.Check.DEFINITION,
+    Finding.Kind.VERIFY_FAILED: Finding.Check.LIVE,
+    Finding.Kind.PROBE_FAILED: Finding.Check.LIVE,
+}
+
+
+def member_drift_record(*, observed: dict[str, Any], actor: Actor = DRIFT_CHECKER) -> DriftReport:
+    """Bring the members' findings up to date from one batch of the member drift check
+    (``fleets.drift.members_drift_observe``): one finding per member, change and kind, deduplicated
+    as any finding; the batch's members' findings it no longer sees resolved; one notification per
+    target group for the findings the batch opened, not one per member."""
+    environment = current_environment()
+    now = timezone.now()
+    report = DriftReport(checks=["MEMBERS"])
+    present: set[int] = set()
+    unknown = sorted({seen["kind"] for seen in observed.get("conditions", [])} - set(MEMBER_KINDS))
+    if unknown:
+        raise ActionRefused(f"the member drift check does not record {', '.join(unknown)}")
+    for seen in observed.get("conditions", []):
+        condition = Condition(**{key: seen[key] for key in ("kind", "summary", "evidence", "change_id", "target", "stage", "member")})
+        finding, opened = _sighting(MEMBER_KINDS[condition.kind], condition, environment=environment, now=now, actor=actor, notify=False)
+        present.add(finding.pk)
+        report.seen.append(finding)
+        if opened:
+            report.opened.append(finding)
+    undecided = {(row["target"], row["member"], row["change_id"]) for row in observed.get("undecided", [])}
+    for target, members in _by_target(observed.get("checked", [])).items():
+        cleared = Finding.objects.filter(
+            environment=environment, target=target, member__in=members, kind__in=list(MEMBER_KINDS), status__in=Finding.ACTIVE
+        ).exclude(pk__in=present)
+        for pk, member, change_id in cleared.values_list("pk", "member", "change_id"):
+            if (target, member, change_id) in undecided:
+                continue
+            finding = _finding_close(
+                finding_id=pk, status=Finding.Status.AUTO_RESOLVED, actor=actor, reason="the member drift check no longer sees it", active_only=True
+            )
+            if finding is not None:
+                report.resolved.append(finding)
+    opened: dict[str, list[int]] = {}
+    for finding in report.opened:
+        opened.setdefault(finding.target, []).append(finding.pk)
+    for target, finding_ids in opened.items():
+        findings_notify_grouped(target=target, finding_ids=finding_ids)
+    return report
+
+
+def _by_target(rows: list[dict[str, Any]]) -> dict[str, list]:
+    grouped: dict[str, list] = {}
+    for row in rows:
+        grouped.setdefault(row["target"], []).append(row["member"])
+    return grouped
 
 
 def _notify_on_commit(finding: Finding) -> None:
@@ -556,6 +621,7 @@ __all__ = [
     "finding_acknowledge",
     "finding_resolve",
     "findings_open",
+    "member_drift_record",
     "schedule_changed_found",
     "worker_stale_found",
 ]

@@ -18,6 +18,7 @@ def finding_as_dict(finding: Finding) -> dict[str, Any]:
         "target": finding.target or None,
         "run_id": str(finding.run_id) if finding.run_id else None,
         "lock": finding.lock_name or None,
+        "member": finding.member or None,
         "summary": finding.summary,
         "first_seen": finding.first_seen.isoformat(),
         "last_seen": finding.last_seen.isoformat(),

@@ -77,6 +77,42 @@ def finding_notify(*, finding_id: int) -> int:
     return sent
 
 
+@never_raises
+def findings_notify_grouped(*, target: str, finding_ids: list[int]) -> int:
+    """One notification for many findings of a target group's members (the member drift check):
+    one e-mail to the group's operators (and ADMINS) listing them, and one webhook delivery per
+    configured URL carrying them all, instead of one per member."""
+    findings = list(Finding.objects.filter(pk__in=finding_ids, status__in=Finding.ACTIVE).order_by("member", "change_id", "kind"))
+    if not findings:
+        return 0
+    first = findings[0]
+    recipients = {address for _, address in settings.ADMINS}
+    group = TargetSystem.objects.filter(name=target).first()
+    if group is not None:
+        recipients.update(addresses_of(users_with(permission=OPERATE, target=group)))
+    members = sorted({finding.member for finding in findings})
+    subject = f"[flamingock {first.environment}] drift on {len(members)} member(s) of {target}: {len(findings)} finding(s)"
+    lines = [f"{finding.member}: {finding.get_kind_display()} ({finding.change_id}): {finding.summary}" for finding in findings]
+    lines += ["", f"Acknowledge or resolve them: {admin_url('/admin/changes_app/finding/')}?target={target}"]
+    sent = mail_each(subject, "\n".join(lines), sorted(recipients))
+    urls = settings.FLAMINGOCK_WEBHOOK_URLS
+    if urls:
+        payload = {
+            "event": "drift.detected",
+            "target": target,
+            "members": members,
+            "findings": [finding_as_dict(finding) for finding in findings],
+            "url": admin_url("/admin/changes_app/finding/"),
+        }
+        with transaction.atomic():
+            # A delivery row hangs on a finding: the batch's first one carries them all.
+            deliveries = [WebhookDelivery.objects.create(finding=first, url=url, payload=payload) for url in urls]
+        for delivery in deliveries:
+            task_send("flamingock.webhook_deliver", args=[delivery.pk])
+        sent += len(deliveries)
+    return sent
+
+
 def _finding_mail(finding: Finding) -> int:
     recipients = {address for _, address in settings.ADMINS}
     target = TargetSystem.objects.filter(name=finding.target).first() if finding.target else None

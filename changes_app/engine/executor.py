@@ -244,20 +244,23 @@ class Executor:
         if not first and not force and now - self._last_progress < PROGRESS_INTERVAL:
             return
         self._last_progress = now
-        if not first:  # before the first change, its fence check refuses a cancelled run anyway
-            cancelled = Run.objects.filter(pk=self.run.pk).values_list("cancel_requested_by", flat=True).first()
-            if cancelled:
-                raise RunAborted(f"cancelled by {cancelled}")
         done = sum(
             1
             for result in self.results
             if result.result in (Result.APPLIED, Result.FAILED, Result.ROLLED_BACK, Result.RECONCILED, Result.ALREADY_APPLIED)
         )
         fields = {"progress_done": done, "current_change": current, "heartbeat_at": timezone.now()}
-        if first:
+        if first:  # before the first change, its fence check refuses a cancelled run anyway
             fields["progress_total"] = self.run.progress_total
             self._total_written = True
-        Run.objects.filter(pk=self.run.pk).update(**fields)
+            Run.objects.filter(pk=self.run.pk).update(**fields)
+            return
+        # One statement, not a read and then a write: progress is written only while no cancellation
+        # is requested, and when it is not written, the run says who cancelled it.
+        if not Run.objects.filter(pk=self.run.pk, cancel_requested_at=None).update(**fields):
+            cancelled = Run.objects.filter(pk=self.run.pk).values_list("cancel_requested_by", flat=True).first()
+            if cancelled:
+                raise RunAborted(f"cancelled by {cancelled}")
 
     def check_lease(self) -> None:
         if self.lease is not None and self.lease.lost:

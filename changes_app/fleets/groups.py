@@ -16,6 +16,7 @@ transaction, so that the member's marker table and every unqualified name are th
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 from django.conf import settings
 
 from changes_app.errors import FlamingockError
-from changes_app.targets.base import DjangoDatabaseTarget, PostgresTarget, TargetSystem, TargetUnavailable
+from changes_app.targets.base import DjangoDatabaseTarget, PostgresTarget, TargetSystem, TargetUnavailable, idle_transaction_limit
 
 GROUP_KINDS = ("schemas", "schemas_query", "databases", "aliases")
 #: What a member name may be: it becomes a schema, a database name or a lock's name.
@@ -99,18 +100,55 @@ def group_members_found(target: str) -> list[str]:
 
 
 class SchemaMemberTarget(PostgresTarget):
-    """One schema of a PostgreSQL database: a connection of its own with the schema as its path."""
+    """One schema of a PostgreSQL database: a connection of its own with the schema as its path.
+
+    A worker keeps it between the members it runs (:func:`member_target_reused`): bound to the next
+    member, its session is reset first (``DISCARD ALL``: nothing a change set on the session, no
+    temporary table, no role, follows it to another tenant), then given the member's path."""
 
     def __init__(self, name: str, config: Mapping[str, Any], *, member: str):
         super().__init__(name, config)
         self.member = member
+        self._marker_ready = None  # the connection on which this member's marker table is known to exist
 
     def _connect(self):
         fresh = self._connection is None or self._connection.closed
         connection = super()._connect()
         if fresh:
+            # Nothing server-side is prepared: ``DISCARD ALL`` between members drops it all.
+            connection.prepare_threshold = None
             connection.execute("SELECT set_config('search_path', quote_ident(%s), false)", [self.member])
         return connection
+
+    def _marker_ensure(self, connection) -> None:
+        # Once per member and connection, not before every change.
+        if self._marker_ready is not connection:
+            super()._marker_ensure(connection)
+            self._marker_ready = connection
+
+    def idle(self) -> bool:
+        """Connected, and outside any transaction: fit to be kept for the next member."""
+        import psycopg
+
+        connection = self._connection
+        return connection is not None and not connection.closed and connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+    def member_bind(self, member: str) -> None:
+        """Serve ``member`` from now on: the session reset, the member's path and the idle limit set."""
+        self.member, self._marker_ready = member, None
+        if not self.idle():
+            self.close()
+            return
+        try:
+            self._connection.execute("DISCARD ALL")
+            milliseconds = int(idle_transaction_limit() * 1000)
+            self._connection.execute(
+                "SELECT set_config('search_path', quote_ident(%s), false), set_config('idle_in_transaction_session_timeout', %s, false)",
+                [member, str(milliseconds)],
+            )
+            self._bound_ms = milliseconds
+        except Exception:
+            self.close()  # the next use connects afresh, with the member's path
 
     @contextmanager
     def session(self, *, atomic):
@@ -147,3 +185,38 @@ def member_target(target: str, member: str) -> TargetSystem:
     if "databases" in group:
         return DatabaseMemberTarget(target, config, member=member)
     return SchemaMemberTarget(target, config, member=member)
+
+
+_kept = threading.local()
+
+
+def member_target_reused(target: str, member: str) -> TargetSystem:
+    """:func:`member_target` for a member's run on a worker: a group of schemas' target, with its
+    connection, is kept by the thread between members and bound to each (one connection per worker
+    thread, not one per member); other kinds are made for the run. Give it back with
+    :func:`member_target_done`."""
+    group = group_config(target)
+    if "schemas" not in group and "schemas_query" not in group:
+        return member_target(target, member)
+    kept: dict[str, SchemaMemberTarget] = _kept.__dict__.setdefault("targets", {})
+    system = kept.pop(target, None)  # out of the cache while in use
+    if system is not None and system.config != settings.FLAMINGOCK_TARGET_SYSTEMS[target]:
+        system.close()  # the configuration changed: a new target, a new connection
+        system = None
+    if system is None:
+        return member_target(target, member)
+    system.member_bind(member)
+    return system
+
+
+def member_target_done(system: TargetSystem) -> None:
+    """A member's run is over with ``system``: an idle schema target is kept for the thread's next
+    member; anything else (a connection left in a transaction, another kind) is closed."""
+    if isinstance(system, SchemaMemberTarget) and system.idle():
+        kept: dict[str, SchemaMemberTarget] = _kept.__dict__.setdefault("targets", {})
+        previous = kept.get(system.name)
+        if previous is not None and previous is not system:
+            previous.close()
+        kept[system.name] = system
+    else:
+        system.close()

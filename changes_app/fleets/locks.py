@@ -4,12 +4,14 @@ database sequence per member: a fleet of thousands of members makes no thousands
 
 from __future__ import annotations
 
+import uuid
+
 from django.db import connections, router, transaction
 
 from audit_app.services import FenceRefused
 from changes_app.locks.base import Lease, RunCancelled
 from changes_app.locks.database import DatabaseLeaseLock
-from changes_app.models import Fence, Run
+from changes_app.models import Fence, LockLease, Run
 
 
 def member_lock_name(*, environment: str, target: str, member: str) -> str:
@@ -58,3 +60,34 @@ class MemberLeaseLock(DatabaseLeaseLock):
     def token_issue(self) -> int:
         # From the member's row of the fence table, not a sequence per member.
         return member_token_issue(self.name)
+
+    def try_acquire(self, *, run_id, actor) -> Lease | None:
+        """As the pipeline lock's, in two statements and one commit on PostgreSQL (a member's lock is
+        taken once per member of every fleet run): the lease claimed (its row made at the first
+        claim), then the member's next token issued and recorded on the lease. The token is issued
+        only once the lease is this claim's, so a claim that fails never moves the fence."""
+        connection = connections[self.using]
+        if connection.vendor != "postgresql":
+            return super().try_acquire(run_id=run_id, actor=actor)
+        lease, fence = LockLease._meta.db_table, Fence._meta.db_table
+        claim = (
+            f"INSERT INTO {lease} (name, owner, run_id, holder, host, pid, acquired_at, expires_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, STATEMENT_TIMESTAMP(), STATEMENT_TIMESTAMP() + make_interval(secs => %s)) "
+            "ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, run_id = EXCLUDED.run_id, holder = EXCLUDED.holder, "
+            "host = EXCLUDED.host, pid = EXCLUDED.pid, acquired_at = EXCLUDED.acquired_at, expires_at = EXCLUDED.expires_at "
+            f"WHERE {lease}.owner = '' OR {lease}.expires_at <= STATEMENT_TIMESTAMP() RETURNING 1"
+        )
+        # The fence row's update waits for the row lock a fenced transaction of the previous holder holds.
+        issue = (
+            f"WITH f AS (INSERT INTO {fence} (name, token) VALUES (%s, 1) "
+            f"ON CONFLICT (name) DO UPDATE SET token = {fence}.token + 1 RETURNING token) "
+            f"UPDATE {lease} SET token = f.token FROM f WHERE {lease}.name = %s RETURNING f.token"
+        )
+        run = LockLease._meta.get_field("run_id").get_db_prep_value(run_id, connection)
+        with transaction.atomic(using=self.using), connection.cursor() as cursor:
+            cursor.execute(claim, [self.name, uuid.uuid4().hex, run, actor.name, actor.host, actor.pid, float(self.lease_seconds)])
+            if cursor.fetchone() is None:
+                return None
+            cursor.execute(issue, [self.name, self.name])
+            token = cursor.fetchone()[0]
+        return self.lease_class(self, token=token, run_id=run_id)

@@ -25,17 +25,28 @@ from audit_app.services import Actor, FenceRefused, StateMoved, audit_record
 from changes_app.conf import current_environment
 from changes_app.engine.executor import RunAborted, counts_of, results_as_dicts
 from changes_app.errors import ActionRefused, FlamingockError, NotFound, PipelineInvalid
+from changes_app.fleets import governance
 from changes_app.fleets.executor import MemberExecutor, group_pipeline
-from changes_app.fleets.groups import GroupUnknown, group_config, group_members_found, group_names, member_target
+from changes_app.fleets.groups import (
+    GroupUnknown,
+    group_config,
+    group_members_found,
+    group_names,
+    member_target,
+    member_target_done,
+    member_target_reused,
+)
 from changes_app.fleets.locks import MemberLeaseLock, member_lock_name
 from changes_app.governance.permissions import target_operate_check
 from changes_app.governance.refusals import refusals_recorded
 from changes_app.governance.visibility import actor_change_targets_seen
-from changes_app.models import FleetMember, FleetMemberRun, FleetRun, Run
+from changes_app.models import ChangeRequest, FleetMember, FleetMemberRun, FleetRun, Run
 from changes_app.pipeline.discovery import pipeline_load
 from changes_app.pipeline.plan import Action, resolve
 from changes_app.services.plan import approval_hook
 from changes_app.services.queue import celery_app
+from changes_app.services.requests import SubjectKind, requests_withdraw, subject_kind_register
+from changes_app.services.runs import run_finished
 
 logger = logging.getLogger("flamingock.fleets")
 
@@ -179,6 +190,8 @@ def fleet_advance(*, fleet_run_id: uuid.UUID, actor: Actor = REAPER) -> FleetRun
             raise NotFound(f"no fleet run {fleet_run_id}")
         if fleet.status == FleetRun.Status.FINISHED:
             return fleet
+        if fleet.status == FleetRun.Status.AWAITING_APPROVAL and fleet.cancel_requested_at is None:
+            return fleet  # nothing in flight: its FLEET_CONTINUE request decides (``_continue_approved``)
         # Rows read are bounded by the concurrency limit and the failures, not by the fleet's size.
         in_flight = list(fleet.members.filter(status__in=IN_FLIGHT).select_related("run"))
         now = timezone.now()
@@ -189,7 +202,12 @@ def fleet_advance(*, fleet_run_id: uuid.UUID, actor: Actor = REAPER) -> FleetRun
                     member.status, member.reason, member.finished_at = status, member.run.status_reason, now
                     FleetMemberRun.objects.filter(pk=member.pk).update(status=status, reason=member.reason, finished_at=now)
         in_flight = [member for member in in_flight if member.status in IN_FLIGHT]
-        failed = list(fleet.members.filter(status=FleetMemberRun.Status.FAILED).order_by("wave", "member").values_list("member", "wave"))
+        failed_rows = fleet.members.filter(status=FleetMemberRun.Status.FAILED)
+        total_failed = failed_rows.count()
+        if fleet.failures_counted_from is not None:
+            # After a resume only new failures count toward the halt (docs/fleet.md, "Resume").
+            failed_rows = failed_rows.filter(finished_at__gte=fleet.failures_counted_from)
+        failed = list(failed_rows.order_by("wave", "member").values_list("member", "wave"))
         if not fleet.halted and failed and (len(failed) >= fleet.max_failures or any(wave == 0 for _, wave in failed)):
             canary = [name for name, wave in failed if wave == 0]
             why = f"canary member(s) failed: {', '.join(canary)}" if canary else f"{len(failed)} member(s) failed (halt at {fleet.max_failures})"
@@ -204,9 +222,19 @@ def fleet_advance(*, fleet_run_id: uuid.UUID, actor: Actor = REAPER) -> FleetRun
             )
         pending = fleet.members.filter(status=FleetMemberRun.Status.PENDING)
         wave = pending.order_by("wave").values_list("wave", flat=True).first()
+        awaiting = False
         if not fleet.halted and fleet.cancel_requested_at is None and wave is not None:
             earlier_busy = any(member.wave < wave for member in in_flight)
-            if not earlier_busy:
+            if (
+                not earlier_busy
+                and fleet.wave == 0
+                and wave > 0
+                and governance.canary_approval_required(fleet)
+                and not governance.canary_approved(fleet)
+            ):
+                awaiting = True
+                _fleet_await(fleet, actor=actor)
+            elif not earlier_busy:
                 if wave > fleet.wave:
                     fleet.wave = wave
                     FleetRun.objects.filter(pk=fleet.pk).update(wave=wave)
@@ -226,12 +254,29 @@ def fleet_advance(*, fleet_run_id: uuid.UUID, actor: Actor = REAPER) -> FleetRun
                 if slots:
                     dispatched = list(pending.filter(wave=wave).order_by("member").values_list("pk", flat=True)[:slots])
                     FleetMemberRun.objects.filter(pk__in=dispatched).update(status=FleetMemberRun.Status.QUEUED, queued_at=now, finished_at=None)
-        if not in_flight and not dispatched:
-            _fleet_finish(fleet, failed=len(failed), actor=actor)
+        if not in_flight and not dispatched and not awaiting:
+            _fleet_finish(fleet, failed=total_failed, actor=actor)
         if dispatched:
             transaction.on_commit(lambda: members_dispatch(dispatched))
     fleet.refresh_from_db()
     return fleet
+
+
+def _fleet_await(fleet: FleetRun, *, actor: Actor) -> None:
+    """Stop after the canary: the group's policy asks for a fresh approval (a FLEET_CONTINUE
+    request, made as the fleet run's starter) before the next wave starts."""
+    succeeded = fleet.members.filter(wave=0, status=FleetMemberRun.Status.SUCCEEDED).count()
+    request = governance.continue_request_open(fleet, succeeded=succeeded)
+    why = f"the canary succeeded; request #{request.pk} needs {request.required_approvals} approval(s) before the next wave"
+    fleet.status, fleet.status_reason = FleetRun.Status.AWAITING_APPROVAL, why
+    FleetRun.objects.filter(pk=fleet.pk).update(status=fleet.status, status_reason=why)
+    audit_record(
+        event="fleet.awaiting_approval",
+        actor=actor,
+        environment=fleet.environment,
+        reason=why,
+        details={"fleet_run": str(fleet.pk), "target": fleet.target, "request_id": request.pk, "canary_succeeded": succeeded},
+    )
 
 
 def _fleet_finish(fleet: FleetRun, *, failed: int, actor: Actor) -> None:
@@ -301,41 +346,33 @@ def fleet_member_execute(*, member_run_id: int) -> FleetMemberRun | None:
 
 
 def _member_run(member: FleetMemberRun, fleet: FleetRun, actor: Actor) -> None:
-    pipeline = pipeline_load()
-    now = timezone.now()
-    with transaction.atomic():
-        run = Run.objects.create(
-            kind=Run.Kind.PIPELINE,
-            source=fleet.source,
-            environment=fleet.environment,
-            reason=f"fleet run {fleet.pk}: member {member.member}",
-            parameters={"fleet_run": str(fleet.pk), "member": member.member, "attempt": member.attempts + 1},
-            started_by_id=fleet.started_by_id,
-            actor=fleet.actor,
-            host=actor.host,
-            pid=actor.pid,
-            pipeline_digest=pipeline.digest,
-            status=Run.Status.RUNNING,
-            started_at=now,
-            heartbeat_at=now,
+    try:
+        pipeline = pipeline_load()
+        run = _member_run_create(member, fleet, actor, pipeline)
+    except Exception as error:
+        # Nothing ran and no run exists (its transaction rolled back): the member fails now, with the
+        # reason, instead of waiting RUNNING for the reaper.
+        logger.exception("fleet %s member %s: its run could not start", fleet.pk, member.member)
+        _connections_broken_close()
+        FleetMemberRun.objects.filter(pk=member.pk, status=FleetMemberRun.Status.RUNNING, run=None).update(
+            status=FleetMemberRun.Status.FAILED,
+            reason=redact(f"the member's run could not start: {type(error).__name__}: {error}"),
+            finished_at=timezone.now(),
         )
-        FleetMemberRun.objects.filter(pk=member.pk).update(run=run, attempts=member.attempts + 1)
-        audit_record(
-            event="run.started",
-            actor=actor,
-            environment=run.environment,
-            run_id=run.id,
-            member=member.member,
-            details={"kind": run.kind, "fleet_run": str(fleet.pk)},
-        )
-    target = member_target(fleet.target, member.member)
-    lock = MemberLeaseLock(
-        member_lock_name(environment=fleet.environment, target=fleet.target, member=member.member),
-        lease_seconds=settings.FLAMINGOCK_LOCK.get("lease_seconds", 60.0),
-    )
-    executor = MemberExecutor(run, member=member.member, target=target, pipeline=pipeline, lock=lock, actor=actor, approval_needed=approval_hook())
+        return
+    target = executor = None
     status, reason = Run.Status.ABORTED, ""
     try:
+        # Inside the ``try``: a member whose target, lock or executor cannot be built ends its run
+        # FAILED or ABORTED now, not RUNNING until the reaper.
+        target = member_target_reused(fleet.target, member.member)
+        lock = MemberLeaseLock(
+            member_lock_name(environment=fleet.environment, target=fleet.target, member=member.member),
+            lease_seconds=settings.FLAMINGOCK_LOCK.get("lease_seconds", 60.0),
+        )
+        executor = MemberExecutor(
+            run, member=member.member, target=target, pipeline=pipeline, lock=lock, actor=actor, approval_needed=approval_hook()
+        )
         holder = executor.acquire()
         if holder is not None:
             status, reason = Run.Status.LOCKED, f"member lock held by {holder.holder} (run {holder.run_id}, until {holder.expires_at})"
@@ -349,28 +386,36 @@ def _member_run(member: FleetMemberRun, fleet: FleetRun, actor: Actor) -> None:
         status, reason = Run.Status.FAILED, str(error)
     except Exception as error:
         logger.exception("fleet %s member %s stopped by an unexpected error", fleet.pk, member.member)
-        for connection in connections.all(initialized_only=True):
-            if connection.connection is not None and not connection.in_atomic_block and not connection.is_usable():
-                connection.close()
+        _connections_broken_close()
         status, reason = Run.Status.ABORTED, f"stopped by an unexpected error: {type(error).__name__}: {error}"
     finally:
-        try:
-            executor.release()
-        except Exception:
-            logger.exception("fleet %s member %s: releasing the lock failed; the lease expires on its own", fleet.pk, member.member)
-        target.close()
+        if executor is not None:
+            try:
+                executor.release()
+            except Exception:
+                logger.exception("fleet %s member %s: releasing the lock failed; the lease expires on its own", fleet.pk, member.member)
+        if target is not None:
+            try:
+                member_target_done(target)
+            except Exception:
+                logger.exception("fleet %s member %s: closing the target's connection failed", fleet.pk, member.member)
+    results = executor.results if executor is not None else []
     run.status, run.status_reason, run.finished_at = status, redact(reason), timezone.now()
-    run.results, run.counts = redact_data(results_as_dicts(executor.results)), counts_of(executor.results)
-    run.save(update_fields=["status", "status_reason", "finished_at", "results", "counts"])
-    audit_record(
-        event="run.aborted" if status == Run.Status.ABORTED else "run.finished",
-        actor=actor,
-        environment=run.environment,
-        run_id=run.id,
-        member=member.member,
-        reason=reason,
-        details={"status": status, "counts": run.counts, "fleet_run": str(fleet.pk)},
-    )
+    run.results, run.counts = redact_data(results_as_dicts(results)), counts_of(results)
+    with transaction.atomic():  # one commit: the run's row and its last entry
+        run.save(update_fields=["status", "status_reason", "finished_at", "results", "counts"])
+        audit_record(
+            event="run.aborted" if status == Run.Status.ABORTED else "run.finished",
+            actor=actor,
+            environment=run.environment,
+            run_id=run.id,
+            member=member.member,
+            reason=reason,
+            details={"status": status, "counts": run.counts, "fleet_run": str(fleet.pk)},
+            before_commit=lambda: None,  # the block's last statement: the entry goes with the COMMIT
+        )
+    # As every run does (requests settle, a FAILED or BLOCKED run is notified): a child run is a run.
+    _member_run_finished(run)
 
 
 # -- the fleet plan -------------------------------------------------------------------------------------
@@ -380,7 +425,8 @@ def fleet_plan(*, target: str, offset: int = 0, limit: int = 50) -> dict:
     """What a fleet run of group ``target`` would do: per change, how many members are at each next
     action (from counts per latest state and checksum, computed in SQL: the resolver's table applied
     to each count, ignoring stage order), and a page of members with their latest states. A fixed
-    number of queries, whatever the number of members."""
+    number of queries (five), whatever the number of members; measured at 100,000 members x 50
+    changes by ``bench/fleet.py --plan`` (docs/fleet.md)."""
     group_config(target)
     pipeline = pipeline_load()
     if not pipeline.valid:
@@ -391,20 +437,24 @@ def fleet_plan(*, target: str, offset: int = 0, limit: int = 50) -> dict:
     strategies = {change.id: targets[target].strategy(transactional=change.transactional) for change in changes}
     members = FleetMember.objects.filter(target=target, removed_at=None)
     total = members.count()
-    counted = (
-        MemberChangeState.objects.filter(change_id__in=[change.id for change in changes], member__in=members.values("name"))
-        .values("change_id", "state", "checksum")
-        .annotate(n=Count("id"))
-        .order_by()
-    )
+    # The ledger's rows of the group's changes, counted with no join to the members (the scan of the
+    # ledger is the cost), less those of removed members (few, found by the (member, change) index).
+    ids = [change.id for change in changes]
+    states = MemberChangeState.objects.filter(change_id__in=ids, target=target)
+    removed = FleetMember.objects.filter(target=target, removed_at__isnull=False).values("name")
     by_change: dict[str, dict[str, int]] = {change.id: {} for change in changes}
     seen: dict[str, int] = dict.fromkeys(by_change, 0)
     definitions = {change.id: change for change in changes}
-    for row in counted:
-        change = definitions[row["change_id"]]
-        action, _ = resolve(change, strategies[change.id], SimpleNamespace(state=row["state"], checksum=row["checksum"]))
-        by_change[change.id][action.value] = by_change[change.id].get(action.value, 0) + row["n"]
-        seen[change.id] += row["n"]
+    for counted, sign in ((states, 1), (states.filter(member__in=removed), -1)):
+        for row in counted.values("change_id", "state", "checksum").annotate(n=Count("*")).order_by():
+            change = definitions[row["change_id"]]
+            action, _ = resolve(change, strategies[change.id], SimpleNamespace(state=row["state"], checksum=row["checksum"]))
+            counts = by_change[change.id]
+            counts[action.value] = counts.get(action.value, 0) + sign * row["n"]
+            seen[change.id] += sign * row["n"]
+    for counts in by_change.values():
+        for action in [action for action, n in counts.items() if not n]:
+            del counts[action]
     for change_id, count in seen.items():
         if total - count:
             by_change[change_id][Action.APPLY.value] = by_change[change_id].get(Action.APPLY.value, 0) + total - count
@@ -448,52 +498,175 @@ def fleet_cancel(*, fleet_run_id: uuid.UUID, actor: Actor) -> FleetRun:
         running = FleetMemberRun.objects.filter(fleet_run=fleet, status=FleetMemberRun.Status.RUNNING).values_list("run_id", flat=True)
         Run.objects.filter(pk__in=list(running), finished_at=None).update(cancel_requested_at=now, cancel_requested_by=actor.name)
         audit_record(event="run.cancel_requested", actor=actor, environment=fleet.environment, details={"fleet_run": str(fleet.pk)})
+        # Its open requests (a retry, the approval after the canary) have nothing left to decide.
+        requests_withdraw(subject_id=governance.fleet_subject(fleet.pk), actor=actor, why=f"fleet run {fleet.pk} was cancelled by {actor.name}")
     return fleet_advance(fleet_run_id=fleet_run_id, actor=actor)
 
 
-def _reopen(fleet_run_id, actor: Actor, *, statuses: tuple[str, ...], event: str) -> FleetRun:
+def _fleet_operable(fleet_run_id, actor: Actor) -> FleetRun:
+    """The fleet run, once ``actor`` may operate its group: the permission is checked against the
+    object before anything about its state is said."""
+    fleet = FleetRun.objects.filter(pk=fleet_run_id).first()
+    if fleet is None:
+        raise NotFound(f"no fleet run {fleet_run_id}")
+    target_operate_check(actor, fleet.target)
+    return fleet
+
+
+def _reopen(fleet_run_id, actor: Actor, *, statuses: tuple[str, ...], event: str, request: ChangeRequest | None = None) -> FleetRun:
     with transaction.atomic():
         fleet = _fleet_for_update(fleet_run_id)
         target_operate_check(actor, fleet.target)
+        if fleet.status != FleetRun.Status.FINISHED:
+            raise ActionRefused(f"fleet run {fleet.pk} is still running")
         reopened = FleetMemberRun.objects.filter(fleet_run=fleet, status__in=statuses)
         names = list(reopened.values_list("member", flat=True))
         if not names:
             raise ActionRefused(f"fleet run {fleet.pk} has no member to {event.split('.')[-1]}")
         reopened.update(status=FleetMemberRun.Status.PENDING, finished_at=None)
+        now = timezone.now()
         FleetRun.objects.filter(pk=fleet.pk).update(
             status=FleetRun.Status.RUNNING,
             result="",
             halted=False,
+            # Failures before the reopen do not halt it again: only those from now on count.
+            failures_counted_from=now,
             status_reason="",
             finished_at=None,
             cancel_requested_at=None,
             cancel_requested_by="",
         )
+        if request is not None:
+            ChangeRequest.objects.filter(pk=request.pk, status=ChangeRequest.Status.APPROVED).update(
+                status=ChangeRequest.Status.EXECUTED, executed_at=now
+            )
         audit_record(
             event=event,
             actor=actor,
             environment=fleet.environment,
-            details={"fleet_run": str(fleet.pk), "target": fleet.target, "members": names},
+            details={
+                "fleet_run": str(fleet.pk),
+                "target": fleet.target,
+                "members": names,
+                **({"request_id": request.pk, "checksum": request.checksum} if request is not None else {}),
+            },
         )
     return fleet_advance(fleet_run_id=fleet_run_id, actor=actor)
 
 
 @refusals_recorded("fleet.resume", object="fleet run {fleet_run_id}")
 def fleet_resume(*, fleet_run_id: uuid.UUID, actor: Actor) -> FleetRun:
-    """Start again the members a halt or a cancel left not started (a failed member stays failed)."""
-    fleet = FleetRun.objects.filter(pk=fleet_run_id).first()
-    if fleet is not None and fleet.status != FleetRun.Status.FINISHED:
+    """Start again the members a halt or a cancel left not started (a failed member stays failed,
+    and counts no more toward the halt: only failures after the resume do)."""
+    fleet = _fleet_operable(fleet_run_id, actor)
+    if fleet.status != FleetRun.Status.FINISHED:
         raise ActionRefused(f"fleet run {fleet.pk} is still running")
     return _reopen(fleet_run_id, actor, statuses=(FleetMemberRun.Status.NOT_STARTED,), event="fleet.resumed")
 
 
+RETRIED = (FleetMemberRun.Status.FAILED, FleetMemberRun.Status.NOT_STARTED)
+
+
 @refusals_recorded("fleet.retry", object="fleet run {fleet_run_id}")
-def fleet_retry(*, fleet_run_id: uuid.UUID, actor: Actor) -> FleetRun:
-    """Retry the failed members (after a fix), and start those the halt left not started."""
-    fleet = FleetRun.objects.filter(pk=fleet_run_id).first()
-    if fleet is not None and fleet.status != FleetRun.Status.FINISHED:
+def fleet_retry(*, fleet_run_id: uuid.UUID, actor: Actor, reason: str = "", source: str = Run.Source.CLI) -> FleetRun:
+    """Retry the failed members (after a fix), and start those the halt left not started.
+
+    A governed action: where a policy governs the group in the environment, a FLEET_RETRY request
+    bound to the fleet run and the checksums of the group's changes now, retried when approved
+    (at once where the policy requires no approval); with no policy, retried at once."""
+    fleet = _fleet_operable(fleet_run_id, actor)
+    if fleet.status != FleetRun.Status.FINISHED:
         raise ActionRefused(f"fleet run {fleet.pk} is still running")
-    return _reopen(fleet_run_id, actor, statuses=(FleetMemberRun.Status.FAILED, FleetMemberRun.Status.NOT_STARTED), event="fleet.retry_requested")
+    members = list(FleetMemberRun.objects.filter(fleet_run=fleet, status__in=RETRIED).order_by("member").values_list("member", flat=True))
+    if not members:
+        raise ActionRefused(f"fleet run {fleet.pk} has no member to retry")
+    required = governance.retry_governed(fleet)
+    if required is None:
+        return _reopen(fleet_run_id, actor, statuses=RETRIED, event="fleet.retry_requested")
+    request = governance.retry_request_open(
+        fleet,
+        actor=actor,
+        reason=reason or f"retry the {len(members)} failed or not started member(s) of fleet run {fleet.pk}",
+        source=source,
+        required=required,
+        members=members,
+    )
+    if request.status == ChangeRequest.Status.APPROVED:
+        return _retry_approved(request)
+    fleet.refresh_from_db()
+    return fleet
+
+
+def _request_fleet(request: ChangeRequest) -> FleetRun | None:
+    return FleetRun.objects.filter(pk=(request.rendered or {}).get("fleet_run")).first()
+
+
+def _request_binding(request: ChangeRequest) -> None:
+    governance.request_binding_check(request, _request_fleet(request))
+
+
+def _requester(request: ChangeRequest) -> Actor:
+    return Actor(name=request.requester_name, user_id=request.requester_id, via=request.source.lower())
+
+
+def _rejecter(request: ChangeRequest) -> Actor:
+    rejection = request.approvals.filter(decision="REJECT").order_by("-id").first()
+    return Actor(name=rejection.approver_name, user_id=rejection.approver_id, via="ui") if rejection is not None else REAPER
+
+
+def _retry_approved(request: ChangeRequest) -> FleetRun:
+    """Execute an approved FLEET_RETRY request, as its requester (who must still operate the group)."""
+    _request_binding(request)
+    return _reopen(_request_fleet(request).pk, _requester(request), statuses=RETRIED, event="fleet.retry_requested", request=request)
+
+
+def _continue_approved(request: ChangeRequest) -> FleetRun:
+    """Execute an approved FLEET_CONTINUE request: the waves after the canary start."""
+    fleet_run = _request_fleet(request)
+    if fleet_run is None:
+        raise NotFound(f"request #{request.pk}: no fleet run {request.change_id}")
+    with transaction.atomic():
+        fleet = _fleet_for_update(fleet_run.pk)
+        governance.request_binding_check(request, fleet)
+        FleetRun.objects.filter(pk=fleet.pk).update(status=FleetRun.Status.RUNNING, status_reason="")
+        ChangeRequest.objects.filter(pk=request.pk, status=ChangeRequest.Status.APPROVED).update(
+            status=ChangeRequest.Status.EXECUTED, executed_at=timezone.now()
+        )
+        approvers = list(request.approvals.filter(decision="APPROVE").values_list("approver_name", flat=True))
+        audit_record(
+            event="fleet.continued",
+            actor=_requester(request),
+            environment=fleet.environment,
+            details={"fleet_run": str(fleet.pk), "target": fleet.target, "request_id": request.pk, "approved_by": approvers},
+        )
+    return fleet_advance(fleet_run_id=fleet.pk)
+
+
+def _continue_refused(request: ChangeRequest, *, actor: Actor = REAPER) -> FleetRun | None:
+    """A FLEET_CONTINUE request was rejected (or expired, or was withdrawn): the fleet run ends HALTED."""
+    fleet_run = _request_fleet(request)
+    if fleet_run is None:
+        return None
+    with transaction.atomic():
+        fleet = _fleet_for_update(fleet_run.pk)
+        if fleet.status != FleetRun.Status.AWAITING_APPROVAL:
+            return fleet
+        why = f"request #{request.pk} to continue after the canary was {request.status.lower()}"
+        if request.status_reason:
+            why += f": {request.status_reason}"
+        fleet.halted, fleet.status_reason = True, why
+        FleetRun.objects.filter(pk=fleet.pk).update(halted=True, status_reason=why)
+        audit_record(
+            event="fleet.halted",
+            actor=actor,
+            environment=fleet.environment,
+            reason=why,
+            details={"fleet_run": str(fleet.pk), "target": fleet.target, "request_id": request.pk, "failed": []},
+        )
+        total_failed = fleet.members.filter(status=FleetMemberRun.Status.FAILED).count()
+        _fleet_finish(fleet, failed=total_failed, actor=actor)
+    fleet.refresh_from_db()
+    return fleet
 
 
 def fleets_reap(*, now=None) -> dict[str, list[str]]:
@@ -515,6 +688,12 @@ def fleets_reap(*, now=None) -> dict[str, list[str]]:
         )
         fleet_advance(fleet_run_id=fleet_id)
         advanced.append(str(fleet_id))
+    # A fleet run awaiting approval whose request lapsed (expired, withdrawn) ends HALTED.
+    for fleet in FleetRun.objects.filter(status=FleetRun.Status.AWAITING_APPROVAL, environment=current_environment()):
+        request = governance.continue_request(fleet)
+        if request is not None and request.status in ChangeRequest.FINAL and request.status != ChangeRequest.Status.EXECUTED:
+            _continue_refused(request, actor=REAPER)
+            advanced.append(str(fleet.pk))
     return {"advanced": advanced, "resent": resent}
 
 
@@ -525,6 +704,63 @@ def fleet_get(*, fleet_run_id, actor: Actor) -> FleetRun:
     if fleet is None or (seen is not None and fleet.target not in seen):
         raise NotFound(f"no fleet run {fleet_run_id}")
     return fleet
+
+
+# -- helpers of the member's execution -------------------------------------------------------------------
+
+
+def _member_run_create(member: FleetMemberRun, fleet: FleetRun, actor: Actor, pipeline) -> Run:
+    """The member's child run, RUNNING, with its ``run.started`` entry, in one commit."""
+    now = timezone.now()
+    with transaction.atomic():
+        run = Run.objects.create(
+            kind=Run.Kind.PIPELINE,
+            source=fleet.source,
+            environment=fleet.environment,
+            reason=f"fleet run {fleet.pk}: member {member.member}",
+            parameters={"fleet_run": str(fleet.pk), "member": member.member, "attempt": member.attempts + 1},
+            started_by_id=fleet.started_by_id,
+            actor=fleet.actor,
+            host=actor.host,
+            pid=actor.pid,
+            pipeline_digest=pipeline.digest,
+            status=Run.Status.RUNNING,
+            started_at=now,
+            heartbeat_at=now,
+        )
+        FleetMemberRun.objects.filter(pk=member.pk).update(run=run, attempts=member.attempts + 1)
+        audit_record(
+            event="run.started",
+            actor=actor,
+            environment=run.environment,
+            run_id=run.id,
+            member=member.member,
+            details={"kind": run.kind, "fleet_run": str(fleet.pk)},
+            before_commit=lambda: None,  # the block's last statement: the entry goes with the COMMIT
+        )
+    return run
+
+
+def _member_run_finished(run: Run) -> None:
+    """``run_finished`` for a member's child run, as every run sends it; a receiver's error is logged:
+    the run and its trail are the truth."""
+    for receiver, error in run_finished.send_robust(sender=Run, run=run):
+        if isinstance(error, Exception):
+            logger.error("run %s: %s failed after the run finished: %s", run.id, getattr(receiver, "__name__", receiver), error, exc_info=error)
+
+
+def _connections_broken_close() -> None:
+    """Close the database connections an unexpected error left unusable (outside a transaction)."""
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is not None and not connection.in_atomic_block and not connection.is_usable():
+            connection.close()
+
+
+subject_kind_register(ChangeRequest.Kind.FLEET_RETRY, SubjectKind(binding=_request_binding, execute=_retry_approved, rejected=lambda request: None))
+subject_kind_register(
+    ChangeRequest.Kind.FLEET_CONTINUE,
+    SubjectKind(binding=_request_binding, execute=_continue_approved, rejected=lambda request: _continue_refused(request, actor=_rejecter(request))),
+)
 
 
 __all__ = [

@@ -59,9 +59,12 @@ def environment_declared(environment: str) -> str:
     return environment
 
 
-def policy_set(*, target_name: str, environment: str, required_approvals: int, actor: Actor, reason: str) -> ApprovalPolicy:
+def policy_set(
+    *, target_name: str, environment: str, required_approvals: int, actor: Actor, reason: str, fleet_canary_approval: bool | None = None
+) -> ApprovalPolicy:
     """Set how many approvals actions on a target system need in an environment (audited with
-    the reason given)."""
+    the reason given); with ``fleet_canary_approval``, whether fleet runs on the target group stop
+    after their canary for a fresh approval (``None``: left as it is)."""
     user = actor_user(actor)
     if user is None or not user.has_perm("changes_app.change_approvalpolicy"):
         raise PermissionRefused(f"{actor.name} may not configure approval policies")
@@ -69,6 +72,8 @@ def policy_set(*, target_name: str, environment: str, required_approvals: int, a
     reason = require_reason(reason, error=PolicyInvalid)
     if not isinstance(required_approvals, int) or isinstance(required_approvals, bool) or required_approvals < 0:
         raise PolicyInvalid("the number of required approvals must be a whole number, 0 or more")
+    if fleet_canary_approval is not None and not isinstance(fleet_canary_approval, bool):
+        raise PolicyInvalid("whether fleet runs need an approval after the canary must be true or false")
     if required_approvals < 1 and environment_protected(environment):
         raise PolicyInvalid(f"{environment} is a protected environment: every action there needs at least 1 approval")
     target = TargetSystem.objects.filter(name=target_name).first()
@@ -77,9 +82,12 @@ def policy_set(*, target_name: str, environment: str, required_approvals: int, a
     with transaction.atomic():
         policy = ApprovalPolicy.objects.select_for_update().filter(target_system=target, environment=environment).first()
         previous = policy.required_approvals if policy is not None else None
+        previous_canary = policy.fleet_canary_approval if policy is not None else None
         if policy is None:
             policy = ApprovalPolicy(target_system=target, environment=environment)
         policy.required_approvals = required_approvals
+        if fleet_canary_approval is not None:
+            policy.fleet_canary_approval = fleet_canary_approval
         policy.updated_by = actor.name
         policy.save()
         audit_record(
@@ -87,7 +95,14 @@ def policy_set(*, target_name: str, environment: str, required_approvals: int, a
             actor=actor,
             environment=current_environment(),
             reason=reason,
-            details={"target": target.name, "environment": environment, "previous": previous, "required_approvals": required_approvals},
+            details={
+                "target": target.name,
+                "environment": environment,
+                "previous": previous,
+                "required_approvals": required_approvals,
+                "previous_fleet_canary_approval": previous_canary,
+                "fleet_canary_approval": policy.fleet_canary_approval,
+            },
         )
     return policy
 

@@ -477,10 +477,24 @@ def _django_stages(problems: list[Problem]) -> list[Stage]:
     """One stage per governed database alias, run before the other stages (docs/django-migrations.md)."""
     for label in django_migrations.unknown_configured_labels():
         problems.append(Problem("django-app", f"FLAMINGOCK_DJANGO_MIGRATIONS names {label!r}, which is not an installed app"))
-    stages = []
+    stages, governed_on = [], {}
     for alias in django_migrations.governed_aliases():
         name = django_migrations.stage_name(alias)
         stages.append(Stage(name=name, package=f"django_migrations ({alias})", changes=list(django_migrations.stage_changes(alias))))
+        shared = [change.id for change in stages[-1].changes if change.id in governed_on]
+        if shared:
+            # A change id is one migration on one database: the ledger, the lock and the approvals
+            # are keyed by it, so the same migration governed on two aliases would run on the first only.
+            first = governed_on[shared[0]]
+            problems.append(
+                Problem(
+                    "duplicate-id",
+                    f"{len(shared)} governed Django migration(s) (first {shared[0]!r}) are governed on both database {first!r} "
+                    f"and {alias!r}: a change id is one migration on one database. Govern an app's migrations on one alias "
+                    '(FLAMINGOCK_DJANGO_MIGRATION_DATABASES; docs/django-migrations.md, "A second alias and MariaDB")',
+                )
+            )
+        governed_on.update((change.id, alias) for change in stages[-1].changes if change.id not in governed_on)
     return stages
 
 

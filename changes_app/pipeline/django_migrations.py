@@ -417,12 +417,3 @@ def stage_changes(alias: str) -> list[DjangoChange]:
             )
         )
     return changes
-
-
-def applied_dependants(change_id: str, changes: list[ChangeDefinition], applied: set[str]) -> list[str]:
-    """The applied governed migrations that depend on ``change_id``, transitively, newest first."""
-    return [
-        change.id
-        for change in reversed(changes)
-        if isinstance(change, DjangoChange) and change.id != change_id and change.id in applied and change_id in change.ancestors
-    ]

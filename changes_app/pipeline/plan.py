@@ -224,6 +224,8 @@ def _django_stage(stage, states, environment, strategies, out_of_order, approval
     alias = django_migrations.stage_alias(stage.name)
     stage_plan = StagePlan(name=stage.name)
     applied = {change_id for change_id, state in states.items() if state.state in APPLIED_STATES}
+    # Only applied changes can make a new one out of order (nothing applied: nothing to look through).
+    applied_changes = [other for other in stage.changes if other.id in applied]
     for change in stage.changes:
         state = states.get(change.id)
         strategy = strategies[change.id]
@@ -232,7 +234,7 @@ def _django_stage(stage, states, environment, strategies, out_of_order, approval
         if state is not None and state.state in APPLIED_STATES:
             item.recorded_checksum = state.checksum
         if state is None:
-            dependants = [other.id for other in stage.changes if other.id in applied and change.id in getattr(other, "ancestors", ())]
+            dependants = [other.id for other in applied_changes if change.id in getattr(other, "ancestors", ())]
             if dependants:
                 why = f"new, but the applied {dependants[0]} depends on it"
                 if out_of_order == "allow":

@@ -204,13 +204,22 @@ def adoption_target(alias: str) -> str:
 
 def adopt_check(alias: str) -> None:
     """Whether database ``alias`` may be adopted now (docs/django-migrations.md, "Adoption"): its
-    migrations are governed, it holds recorder rows of governed apps, and nobody adopted it yet."""
+    migrations are governed, nobody adopted it yet, and it holds recorder rows of governed apps
+    that the ledger does not hold as applied (something to adopt)."""
     if alias not in governed_aliases():
         raise ActionRefused(f"database {alias!r} has no governed Django migrations (FLAMINGOCK_DJANGO_MIGRATIONS)")
     if DjangoAdoption.objects.filter(alias=alias).exists():
         raise ActionRefused(f"database {alias!r} is already adopted")
-    if not recorded_migrations(alias):
+    recorded = recorded_migrations(alias)
+    if not recorded:
         raise ActionRefused(f"database {alias!r} holds no recorder rows of governed apps: it needs no adoption")
+    # What the run would record: rows the ledger does not already hold as applied (``adopt_execute``).
+    applied = set(ChangeState.objects.filter(change_id__in=recorded, state__in=APPLIED_STATES).values_list("change_id", flat=True))
+    if recorded <= applied:
+        raise ActionRefused(
+            f"database {alias!r} has nothing to adopt: the ledger already holds each of its {len(recorded)} recorder row(s) "
+            "of governed apps as applied; it needs no adoption"
+        )
 
 
 def adoption_rows(alias: str) -> list[dict[str, str]]:

@@ -10,10 +10,8 @@ plan never calls it, so a plain plan never touches a target.
 from __future__ import annotations
 
 import inspect
-from io import StringIO
 from typing import Any
 
-from django.core.management import call_command
 from django.db import connections, transaction
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations import RunPython
@@ -24,8 +22,16 @@ from audit_app.models import APPLIED_STATES, ChangeState
 from audit_app.redaction import redact
 from changes_app.errors import FlamingockError
 from changes_app.models import ChangeRequest
-from changes_app.pipeline.django_migrations import governed_aliases, governed_migrations, is_django_change_id, parse_change_id
+from changes_app.pipeline.django_migrations import (
+    governed_aliases,
+    governed_app_labels,
+    governed_migrations,
+    is_django_change_id,
+    parse_change_id,
+)
 from changes_app.pipeline.rules import adoption_target
+from changes_app.targets.base import target_systems
+from changes_app.targets.django_migrations import InstalledAppsLoader
 
 #: Request kinds whose run unapplies the migration: their SQL is ``sqlmigrate --backwards``.
 BACKWARDS_KINDS = frozenset({ChangeRequest.Kind.UNDO})
@@ -60,16 +66,30 @@ def _target(alias: str) -> str:
         return ""
 
 
-def _alias_of(app_label: str, name: str) -> str | None:
-    for alias in governed_aliases():
-        if any(m.app_label == app_label and m.name == name for m in governed_migrations(alias)):
-            return alias
-    return None
+def migration_loader(alias: str) -> MigrationLoader:
+    """The graph ``sqlmigrate`` renders from: the alias's recorder read, squashed migrations and the
+    ones they replace both kept. Built once per rendering (a request's, or a plan's per alias),
+    never per migration; a dependency on an app that is not installed is left out, as for a run."""
+    return InstalledAppsLoader(connections[alias], ignore_no_migrations=True, replace_migrations=False)
 
 
-def migration_render(*, change_id: str, alias: str, backwards: bool = False) -> dict[str, Any]:
+def _sqlmigrate(loader: MigrationLoader, alias: str, migration, backwards: bool) -> str:
+    # What ``sqlmigrate`` prints (django/core/management/commands/sqlmigrate.py and
+    # BaseCommand.execute), over a loader built once instead of one per call.
+    connection = connections[alias]
+    statements = loader.collect_sql([(migration, backwards)])
+    if not statements:
+        return ""
+    output = "\n".join(statements)
+    if migration.atomic and connection.features.can_rollback_ddl:
+        output = f"{connection.ops.start_transaction_sql()}\n{output}\n{connection.ops.end_transaction_sql()}"
+    return output + "\n"
+
+
+def migration_render(*, change_id: str, alias: str, backwards: bool = False, loader: MigrationLoader | None = None) -> dict[str, Any]:
     """One migration: its SQL for ``alias``'s database (as ``sqlmigrate`` prints it) and its RunPython
-    code; an ``error`` instead of what could not be rendered (never raised: a request is still made)."""
+    code; an ``error`` instead of what could not be rendered (never raised: a request is still made).
+    ``loader``: :func:`migration_loader` of ``alias``, when the caller renders more than one."""
     app_label, name = parse_change_id(change_id)
     connection = connections[alias]
     rendered: dict[str, Any] = {
@@ -82,17 +102,19 @@ def migration_render(*, change_id: str, alias: str, backwards: bool = False) -> 
         "run_python": [],
         "error": "",
     }
-    out = StringIO()
     try:
-        call_command("sqlmigrate", app_label, name, database=alias, backwards=backwards, stdout=out, no_color=True)
-        rendered["sql"] = _cut(out.getvalue())
+        loader = loader if loader is not None else migration_loader(alias)
+    except Exception as error:  # the database cannot be read (its recorder), or the graph is broken
+        rendered["error"] = f"sqlmigrate: {type(error).__name__}: {error}"
+        return rendered
+    migration = loader.graph.nodes.get((app_label, name))
+    if migration is None:
+        rendered["error"] = f"{change_id} is not in the code"
+        return rendered
+    try:
+        rendered["sql"] = _cut(_sqlmigrate(loader, alias, migration, backwards))
     except Exception as error:  # an irreversible operation backwards, a vendor that cannot say
         rendered["error"] = f"sqlmigrate: {type(error).__name__}: {error}"
-    try:
-        migration = MigrationLoader(None, ignore_no_migrations=True).get_migration(app_label, name)
-    except KeyError:
-        rendered["error"] = rendered["error"] or f"{change_id} is not in the code"
-        return rendered
     for index, operation in enumerate(migration.operations):
         if isinstance(operation, RunPython):
             rendered["run_python"].append(
@@ -101,29 +123,51 @@ def migration_render(*, change_id: str, alias: str, backwards: bool = False) -> 
     return rendered
 
 
+def request_alias(request: ChangeRequest) -> str | None:
+    """The database a request on a Django change acts on: its change's target, which is the alias
+    (``DjangoChange.target``); a target system of kind ``django`` names its alias in its
+    configuration. None when that is not a governed alias."""
+    aliases = governed_aliases()
+    name = request.target_system.name
+    if name in aliases:
+        return name
+    system = target_systems().get(name)
+    alias = system.config.get("alias") if system is not None else None
+    return alias if alias in aliases else None
+
+
 def request_render(request: ChangeRequest) -> dict[str, Any]:
-    """What a request on a Django change stores for its approvers; empty for any other request."""
+    """What a request on a Django change stores for its approvers; empty for any other request.
+    Rendered against the request's own database, never another alias that governs the same app."""
     if request.kind in NOT_RENDERED_KINDS or not is_django_change_id(request.change_id):
         return {}
     try:
-        app_label, name = parse_change_id(request.change_id)
+        app_label, _ = parse_change_id(request.change_id)
     except ValueError:
         return {}
-    alias = _alias_of(app_label, name)
-    if alias is None:
+    alias = request_alias(request)
+    if alias is None or app_label not in governed_app_labels():
         return {}
     return {"migrations": [migration_render(change_id=request.change_id, alias=alias, backwards=request.kind in BACKWARDS_KINDS)]}
 
 
 def plan_render() -> list[dict[str, Any]]:
-    """``plan --sql``: every governed migration the ledger has not applied, rendered forwards."""
+    """``plan --sql``: every governed migration the ledger has not applied, rendered forwards, with
+    one graph per alias."""
     rendered = []
     for alias in governed_aliases():
         migrations = governed_migrations(alias)
         applied = set(
             ChangeState.objects.filter(change_id__in=[m.change_id for m in migrations], state__in=APPLIED_STATES).values_list("change_id", flat=True)
         )
-        rendered += [migration_render(change_id=m.change_id, alias=alias) for m in migrations if m.change_id not in applied]
+        pending = [m for m in migrations if m.change_id not in applied]
+        if not pending:
+            continue
+        try:
+            loader = migration_loader(alias)
+        except Exception:
+            loader = None  # each migration then says why (migration_render)
+        rendered += [migration_render(change_id=m.change_id, alias=alias, loader=loader) for m in pending]
     return rendered
 
 

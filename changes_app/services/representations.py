@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from changes_app.locks.base import Holder
@@ -290,6 +291,7 @@ def finding_data(finding: Finding) -> dict[str, Any]:
         "target": finding.target,
         "run_id": _text(finding.run_id),
         "lock_name": finding.lock_name,
+        "member": finding.member,
         "summary": finding.summary,
         "first_seen": datetime_text(finding.first_seen, zone_now),
         "last_seen": datetime_text(finding.last_seen, zone_now),
@@ -393,13 +395,27 @@ def evidence_pack_data(pack: EvidencePack) -> dict[str, Any]:
     }
 
 
-def fleet_run_data(fleet: FleetRun, members: Iterable[FleetMemberRun] | None = None) -> dict[str, Any]:
-    """A fleet run: its policy, where it stands, its members by status and, if given, each member."""
+#: Members a fleet run's representation lists at most (``offset`` pages through the rest).
+FLEET_MEMBERS_PAGE = 100
+
+
+def fleet_run_data(
+    fleet: FleetRun, members: Iterable[FleetMemberRun] | None = None, *, offset: int = 0, limit: int = FLEET_MEMBERS_PAGE
+) -> dict[str, Any]:
+    """A fleet run: its policy, where it stands, its members by status (counted in SQL) and one page
+    of its members (``members``: of those only, e.g. a filter's), by wave then name. A fixed number
+    of queries whatever the fleet's size."""
     zone_now = zone()
-    counts: dict[str, int] = {}
-    listed = list(members) if members is not None else list(fleet.members.all())
-    for member in listed:
-        counts[member.status] = counts.get(member.status, 0) + 1
+    rows = FleetMemberRun.objects.filter(fleet_run=fleet).values("status").annotate(n=Count("id")).order_by()
+    counts = {row["status"]: row["n"] for row in rows}
+    chosen = FleetMemberRun.objects.filter(fleet_run=fleet) if members is None else members
+    if isinstance(chosen, QuerySet):
+        chosen = chosen.order_by("wave", "member")
+        total = sum(counts.values()) if members is None else chosen.count()
+        listed = list(chosen[offset : offset + limit])
+    else:
+        chosen = sorted(chosen, key=lambda member: (member.wave, member.member))
+        total, listed = len(chosen), chosen[offset : offset + limit]
     return {
         "id": str(fleet.pk),
         "target": fleet.target,
@@ -417,7 +433,15 @@ def fleet_run_data(fleet: FleetRun, members: Iterable[FleetMemberRun] | None = N
         "finished_at": datetime_text(fleet.finished_at, zone_now),
         "cancel_requested_at": datetime_text(fleet.cancel_requested_at, zone_now),
         "cancel_requested_by": fleet.cancel_requested_by,
+        # Its governed actions (docs/fleet.md, "Governance"): retry requests and the approval after the canary.
+        "requests": [
+            {"id": pk, "kind": kind, "status": status, "required_approvals": required}
+            for pk, kind, status, required in ChangeRequest.objects.filter(change_id=f"fleet:{fleet.pk}")
+            .order_by("id")
+            .values_list("pk", "kind", "status", "required_approvals")
+        ],
         "counts": counts,
+        "members_page": {"offset": offset, "limit": limit, "total": total},
         "members": [
             {
                 "member": member.member,

@@ -12,10 +12,12 @@ through.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.dispatch import receiver
@@ -72,6 +74,92 @@ POLICY = Actor(name="service:approval-policy", via="policy")
 EXPIRY = Actor(name="service:request-expiry", via="schedule")
 
 
+# -- requests on a subject other than one change (fleet runs) -------------------------------------
+
+
+@dataclass(frozen=True)
+class SubjectKind:
+    """A request kind whose subject is not a change (a fleet run: ``fleets.governance``), registered
+    once at start-up. ``binding`` raises ``RequestStale`` when the subject moved since the request;
+    ``execute`` performs the approved request (and marks it EXECUTED); ``rejected`` is told of a
+    rejection. Approvers decide with the request's target system's ``approve`` permission."""
+
+    binding: Callable[[ChangeRequest], None]
+    execute: Callable[[ChangeRequest], object]
+    rejected: Callable[[ChangeRequest], None]
+
+
+#: Request kind -> its subject's behaviour; kinds not here are actions on a change (``engine.actions``).
+SUBJECT_KINDS: dict[str, SubjectKind] = {}
+
+
+def subject_kind_register(kind: str, subject: SubjectKind) -> None:
+    if kind in SUBJECT_KINDS and SUBJECT_KINDS[kind] != subject:
+        raise ValueError(f"request kind {kind!r} is already registered")
+    SUBJECT_KINDS[kind] = subject
+
+
+def subject_request_open(
+    *, kind: str, subject_id: str, checksum: str, target: str, actor: Actor, reason: str, source: str, rendered: dict, required: int
+) -> ChangeRequest:
+    """Open a request of a registered subject kind, ``required`` approvals needed (0: approved at
+    once, recorded as the policy's). The caller checked the action and the actor's permission; a
+    pending request for the same subject and kind refuses (``RequestDuplicate``)."""
+    if kind not in SUBJECT_KINDS:
+        raise RequestRefused(f"unknown request kind {kind!r}")
+    reason = require_reason(typed_text(reason), error=RequestRefused)
+    environment = current_environment()
+    target_system = TargetSystem.objects.filter(name=target).first()
+    if target_system is None:
+        target_systems_sync()
+        target_system = TargetSystem.objects.get(name=target)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            pending = (
+                ChangeRequest.objects.select_for_update()
+                .filter(environment=environment, change_id=subject_id, kind=kind, status=Status.PENDING)
+                .first()
+            )
+            if pending is not None:
+                if not _expired(pending, now):
+                    raise RequestDuplicate(f"request #{pending.pk} for the {kind} of {subject_id} is already pending")
+                _expire(pending, why="superseded by a new request")
+            request = ChangeRequest.objects.create(
+                kind=kind,
+                change_id=subject_id,
+                checksum=checksum,
+                environment=environment,
+                target_system=target_system,
+                reason=reason,
+                source=source,
+                requester_id=actor.user_id,
+                requester_name=actor.name,
+                required_approvals=required,
+                expires_at=now + timedelta(hours=settings.FLAMINGOCK_REQUEST_EXPIRY_HOURS),
+                rendered=rendered,
+            )
+            _audit(
+                "request.created",
+                request,
+                actor,
+                reason=reason,
+                required_approvals=required,
+                targets=[target],
+                expires_at=request.expires_at.isoformat(),
+            )
+            if required == 0:
+                request.status, request.decided_at = Status.APPROVED, now
+                request.save(update_fields=["status", "decided_at"])
+                policy = f"the policy of {target} in {environment} requires no approval"
+                _audit("request.approved", request, POLICY, reason=policy, automatic=True, approvals=0, required=0, final=True)
+            else:
+                transaction.on_commit(lambda: _notify_request(request.pk))
+    except IntegrityError:
+        raise RequestDuplicate(f"a request for the {kind} of {subject_id} is already pending")
+    return request
+
+
 # -- checks shared by creation and execution -------------------------------------------------------
 
 
@@ -125,6 +213,9 @@ def _action_check(*, kind: str, change_id: str, actor: Actor, pipeline: Pipeline
 
 def _binding_check(request: ChangeRequest, pipeline: Pipeline) -> ChangeDefinition | None:
     """The request still matches the code and the ledger it was made for."""
+    if request.kind in SUBJECT_KINDS:
+        SUBJECT_KINDS[request.kind].binding(request)
+        return None
     if request.kind == Kind.ADOPT:  # a database's adoption: bound to the recorder rows it covers
         if adoption_digest(adoption_alias(request.change_id)) != request.checksum:
             raise RequestStale(f"request #{request.pk}: the recorder rows of {request.change_id} changed since the request")
@@ -359,7 +450,13 @@ def request_approve(*, request_id: int, actor: Actor, comment: str = "", inline:
     """Record one approval; the last one needed approves the request, which is then executed (on a
     worker, or with ``inline`` in this process)."""
     request = _request_decide(request_id=request_id, actor=actor, decision=Approval.Decision.APPROVE, comment=comment)
-    if request.status == Status.APPROVED and request.kind not in (Kind.APPLY, Kind.REVIEW):
+    if request.status == Status.APPROVED and request.kind in SUBJECT_KINDS:
+        try:
+            SUBJECT_KINDS[request.kind].execute(request)
+        except (FlamingockError, PermissionRefused) as refused:
+            raise RequestRefused(f"request #{request.pk} is approved, but executing it was refused: {refused}") from refused
+        request.refresh_from_db()
+    elif request.status == Status.APPROVED and request.kind not in (Kind.APPLY, Kind.REVIEW):
         try:
             request_execute(request_id=request.pk, inline=inline)
         except (FlamingockError, PermissionRefused) as refused:
@@ -371,7 +468,10 @@ def request_approve(*, request_id: int, actor: Actor, comment: str = "", inline:
 @refusals_recorded("request.reject", object="request #{request_id}")
 def request_reject(*, request_id: int, actor: Actor, comment: str = "") -> ChangeRequest:
     """Reject a request: one rejection by an approver ends it."""
-    return _request_decide(request_id=request_id, actor=actor, decision=Approval.Decision.REJECT, comment=comment)
+    request = _request_decide(request_id=request_id, actor=actor, decision=Approval.Decision.REJECT, comment=comment)
+    if request.kind in SUBJECT_KINDS:
+        SUBJECT_KINDS[request.kind].rejected(request)
+    return request
 
 
 def _request_decide(*, request_id: int, actor: Actor, decision: str, comment: str) -> ChangeRequest:
@@ -420,8 +520,15 @@ def _request_decide(*, request_id: int, actor: Actor, decision: str, comment: st
             approvals=approvals,
             required=request.required_approvals,
             final=request.status != Status.PENDING,
+            roles=_roles_held(actor),
         )
     return request
+
+
+def _roles_held(actor: Actor) -> list[str]:
+    """The role groups ``actor`` holds as they decide: the evidence pack's approver roles
+    (docs/compliance.md, "changes.csv")."""
+    return sorted(Group.objects.filter(user__id=actor.user_id).values_list("name", flat=True)) if actor.user_id is not None else []
 
 
 @refusals_recorded("request.cancel", object="request #{request_id}")
@@ -441,6 +548,23 @@ def request_cancel(*, request_id: int, actor: Actor, comment: str = "") -> Chang
         request.save(update_fields=["status", "status_reason"])
         _audit("request.cancelled", request, actor, reason=comment)
     return request
+
+
+def requests_withdraw(*, subject_id: str, actor: Actor, why: str) -> list[int]:
+    """Cancel the requests of ``subject_id`` (a fleet run's ``fleet:<id>``) that are still pending, or
+    approved and not executed, because their subject ended (the caller checked ``actor``); each is
+    audited as ``request.cancelled``. Returns their ids."""
+    withdrawn = []
+    with transaction.atomic():
+        for request in ChangeRequest.objects.select_for_update().filter(
+            change_id=subject_id, status__in=[Status.PENDING, Status.APPROVED], run__isnull=True
+        ):
+            request.status = Status.CANCELLED
+            request.status_reason = why
+            request.save(update_fields=["status", "status_reason"])
+            _audit("request.cancelled", request, actor, reason=why)
+            withdrawn.append(request.pk)
+    return withdrawn
 
 
 @refusals_recorded("request.comment", object="request #{request_id}")
@@ -505,6 +629,8 @@ def request_execute(*, request_id: int, inline: bool = False) -> Run:
         request = _locked(request_id)
         if request.kind == Kind.APPLY:
             raise RequestRefused(f"request #{request.pk} approves an apply: the next run of the pipeline applies {request.change_id}")
+        if request.kind in SUBJECT_KINDS:
+            raise RequestRefused(f"request #{request.pk} is executed when it is approved ({request.get_kind_display()})")
         if request.status != Status.APPROVED or request.run_id is not None:
             raise RequestNotPending(f"request #{request.pk} is {request.status}: only an approved request not yet executed can be executed")
         if _expired(request):

@@ -19,6 +19,7 @@ DEFAULT_SCHEDULES = {
     "flamingock: definition and operational drift": ("flamingock.drift_check", 300),
     "flamingock: live drift": ("flamingock.drift_check_live", 3600),
     "flamingock: discover fleet members": ("flamingock.fleet_members_discover", 600),
+    "flamingock: fleet member drift": ("flamingock.fleet_drift_check", 300),
 }
 
 
@@ -45,7 +46,7 @@ def schedules_ensure(**kwargs) -> list[str]:
 #: The tasks whose schedules keep the trail and the pipeline watched: the chain verification and the
 #: drift checks. Disabling, editing or deleting one writes ``schedule.changed`` and raises a
 #: ``SCHEDULE_CHANGED`` drift finding (changes_app.drift.checks.schedule_changed_found).
-GUARDED_TASKS = frozenset({"flamingock.audit_verify", "flamingock.drift_check", "flamingock.drift_check_live"})
+GUARDED_TASKS = frozenset({"flamingock.audit_verify", "flamingock.drift_check", "flamingock.drift_check_live", "flamingock.fleet_drift_check"})
 
 
 def schedule_snapshot(task) -> dict:

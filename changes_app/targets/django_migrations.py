@@ -10,6 +10,7 @@ non-transactional. One ``ProjectState`` is carried from one migration to the nex
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -167,7 +168,7 @@ class DjangoMigrationTarget(TargetSystem):
         if "apps" not in state.__dict__:
             state.apps  # render the models once, as migrate does: later migrations reuse them  # noqa: B018
         try:
-            self._state = executor.apply_migration(state, migration)
+            self._state = executor.apply_migration(state, _in_open_transaction(migration, executor.connection))
             if migration.replaces:
                 # As ``migrate`` does after its plan (check_replacements): the squashed name too.
                 executor.recorder.record_applied(*key)
@@ -184,15 +185,7 @@ class DjangoMigrationTarget(TargetSystem):
         migration = executor.loader.graph.nodes[key]
         state = executor.loader.project_state(key, at_end=True)
         self._state = None
-        executor.unapply_migration(state, migration)
-
-    def sql(self, change_id: str, *, backwards: bool = False) -> list[str]:
-        """The SQL the migration runs here (``sqlmigrate``), for guidance and approvers."""
-        key = _key(change_id)
-        executor = migration_executor(connections[self.alias])
-        migration = executor.loader.graph.nodes[key]
-        plan = [(migration, backwards)]
-        return executor.loader.collect_sql(plan)
+        executor.unapply_migration(state, _in_open_transaction(migration, executor.connection))
 
     def close(self):
         applied, self._applied_apps = self._applied_apps, set()
@@ -225,6 +218,19 @@ def post_migrate_send(alias: str, app_labels: Collection[str]) -> list[str]:
                 )
         sent.append(config.label)
     return sent
+
+
+def _in_open_transaction(migration, connection):
+    """The migration to hand Django's executor. Inside the session's transaction (an atomic
+    migration, shared-transaction or marker strategy), an atomic one is handed over as a copy marked
+    non-atomic: its schema editor would otherwise wrap it in a savepoint of its own, two round trips
+    per migration (``SAVEPOINT``, ``RELEASE``) that change nothing, since a failure rolls the whole
+    transaction back anyway. Outside one it is handed over as it is."""
+    if not migration.atomic or not connection.in_atomic_block:
+        return migration
+    inside = copy.copy(migration)
+    inside.atomic = False
+    return inside
 
 
 def _key(change_id: str) -> tuple[str, str]:

@@ -6,20 +6,33 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import threading
+import time
 import zipfile
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from audit_app.evidence.offline import CONTROL_TITLES, EXCEPTION, verify_pack
+from audit_app.evidence.pack import partial_path
 from audit_app.models import AuditEntry
 from audit_app.signing import public_key_hex, signing_key
-from changes_app.governance.roles import COMPLIANCE_OFFICER, ENGINEER, PLATFORM_ADMIN
-from changes_app.models import EvidencePack
+from changes_app import services
+from changes_app.errors import NotFound
+from changes_app.governance.roles import APPROVER, COMPLIANCE_OFFICER, ENGINEER, PLATFORM_ADMIN
+from changes_app.models import ChangeRequest, EvidencePack
+from changes_app.services import evidence as evidence_service
 from changes_app.services.evidence import evidence_generate, evidence_request
+from changes_app.tasks import runs_reap_task
 from tests.audit_app.evidence.builder import Q1_END, Q1_START, TrailBuilder, quarter_with_exceptions
 from tests.changes_app.api.conftest import client_for
-from tests.support.governance import person
+from tests.changes_app.test_requests import applied_table, submit
+from tests.support.governance import person, policy
 from tests.support.trails import cli
 
 pytestmark = pytest.mark.django_db
@@ -235,3 +248,146 @@ def test_the_command_line_in_a_protected_environment_needs_a_token_holding_the_p
     monkeypatch.setenv("FLAMINGOCK_TOKEN", officer.token)
     made = cli(*args)
     assert made.code == 0 and output.exists() and EvidencePack.objects.get().requested_by == "carla"
+
+
+# -- a worker that died, the scope's typed text, another environment's packs ----------------------
+
+
+def _running(environment: str = "prod", *, started_minutes_ago: float = 60) -> EvidencePack:
+    started = timezone.now() - timedelta(minutes=started_minutes_ago)
+    return EvidencePack.objects.create(
+        requested_by="carla", environment=environment, period_from=Q1_START, period_to=Q1_END, status=EvidencePack.Status.RUNNING,
+        started_at=started, progress=5_000, total=90_000,
+    )  # fmt: skip
+
+
+def _partial(pack: EvidencePack, evidence_dir, *, minutes_ago: float) -> Path:
+    partial = partial_path(evidence_dir / evidence_service._file_name(pack))
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(b"PK half a pack")
+    seen = time.time() - minutes_ago * 60
+    os.utime(partial, (seen, seen))
+    return partial
+
+
+def test_the_reaper_fails_a_pack_whose_worker_died_and_deletes_its_partial_file(evidence_dir, settings):
+    settings.FLAMINGOCK_RUN_HEARTBEAT_TIMEOUT = 90
+    dead, never_wrote = _running(), _running()
+    dead_file = _partial(dead, evidence_dir, minutes_ago=30)
+    alive = _running()
+    alive_file = _partial(alive, evidence_dir, minutes_ago=0.1)  # its heartbeat touched it just now
+    young = _running(started_minutes_ago=0.5)
+    elsewhere = _running("staging")
+    elsewhere_file = _partial(elsewhere, evidence_dir, minutes_ago=30)
+
+    reaped = runs_reap_task()["evidence"]  # beat's reaper
+
+    assert sorted(reaped) == sorted([dead.pk, never_wrote.pk])
+    dead.refresh_from_db()
+    assert dead.status == EvidencePack.Status.FAILED and dead.finished_at is not None
+    assert dead.error.startswith("the worker making it stopped: no sign of life since ") and "at 5000 of 90000 entries" in dead.error
+    assert not dead_file.exists()
+    assert EvidencePack.objects.get(pk=never_wrote.pk).status == EvidencePack.Status.FAILED
+    for pack in (alive, young, elsewhere):
+        assert EvidencePack.objects.get(pk=pack.pk).status == EvidencePack.Status.RUNNING
+    assert alive_file.exists() and elsewhere_file.exists()
+    assert evidence_service.evidence_reap() == []  # nothing twice
+
+
+def test_the_worker_touches_its_partial_file_while_it_makes_the_pack_and_never_recreates_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(evidence_service, "HEARTBEAT_EVERY", 0.02)
+    partial = tmp_path / "pack.zip.partial"
+    partial.write_bytes(b"")
+    os.utime(partial, (1, 1))
+    stop = threading.Event()
+    beat = threading.Thread(target=evidence_service._heartbeat, args=(partial, stop))
+    beat.start()
+    deadline = time.monotonic() + 5
+    while partial.stat().st_mtime < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert partial.stat().st_mtime > time.time() - 60
+    partial.unlink()  # renamed when complete (or deleted by the reaper)
+    time.sleep(0.1)
+    assert not partial.exists() and not beat.is_alive()
+    stop.set()
+    beat.join()
+
+
+def test_a_pack_reaped_while_its_worker_was_slow_stays_failed_and_keeps_no_file(officer, monkeypatch, evidence_dir):
+    pack = evidence_request(actor=officer.actor, since=Q1_START, until=Q1_END, queue=False)
+
+    def slow_build(*, path, **kwargs):
+        assert partial_path(path).exists()  # written from the start: the reaper sees a pack being made
+        EvidencePack.objects.filter(pk=pack.pk).update(status=EvidencePack.Status.FAILED, error="reaped")
+        path.write_bytes(b"PK a late pack")
+        return SimpleNamespace(path=path, controls=[], manifest_sha256="0" * 64, entries=0)
+
+    monkeypatch.setattr(evidence_service, "pack_build", slow_build)
+    done = evidence_generate(pack_id=pack.pk)
+    assert (done.status, done.error, done.file_path) == (EvidencePack.Status.FAILED, "reaped", "")
+    assert not list(evidence_dir.glob("*.zip")) and not AuditEntry.objects.filter(event="evidence.generated").exists()
+
+
+def test_a_failed_build_deletes_its_partial_file(officer, monkeypatch, evidence_dir):
+    pack = evidence_request(actor=officer.actor, since=Q1_START, until=Q1_END, queue=False)
+    monkeypatch.setattr(evidence_service, "pack_build", lambda **kwargs: (_ for _ in ()).throw(OSError("disk full")))
+    failed = evidence_generate(pack_id=pack.pk)
+    assert failed.status == EvidencePack.Status.FAILED and failed.error == "OSError: disk full"
+    assert not list(evidence_dir.iterdir())
+
+
+def test_the_scopes_members_are_redacted_before_they_are_stored_and_signed(quarter, officer, evidence_dir):
+    secret = "postgres://app:s3cret-pw@db/tenant"
+    pack = evidence_request(actor=officer.actor, since=Q1_START, until=Q1_END, members=["eu-1", f" {secret} "], queue=False)
+    assert "s3cret-pw" not in json.dumps(pack.members) and "eu-1" in pack.members
+    done = evidence_generate(pack_id=pack.pk)
+    assert done.status == EvidencePack.Status.DONE
+    with zipfile.ZipFile(evidence_dir / done.file_path) as archive:
+        manifest = archive.read("manifest.json").decode()
+        assert "s3cret-pw" not in manifest and "eu-1" in manifest
+    assert "s3cret-pw" not in json.dumps(AuditEntry.objects.get(event="evidence.generated").details)
+
+
+def test_a_pack_of_another_environment_is_not_found_anywhere(officer, client, evidence_dir):
+    other = EvidencePack.objects.create(
+        requested_by="carla", environment="staging", period_from=Q1_START, period_to=Q1_END, status=EvidencePack.Status.DONE,
+        file_path="evidence-other.zip",
+    )  # fmt: skip
+    evidence_dir.mkdir(parents=True, exist_ok=True)
+    (evidence_dir / "evidence-other.zip").write_bytes(b"PK staging's pack")
+    api = client_for(officer)
+    assert api.get(f"/api/v1/evidence/{other.pk}/").status_code == 404
+    assert api.get(f"/api/v1/evidence/{other.pk}/download/").status_code == 404
+    assert other.pk not in [row["id"] for row in api.get("/api/v1/evidence/").json()]
+    client.force_login(officer.user)
+    assert client.get(reverse("admin:changes_app_evidencepack_change", args=[other.pk])).status_code == 404
+    assert client.get(reverse("admin:changes_app_evidencepack_download", args=[other.pk])).status_code == 404
+    with pytest.raises(NotFound):
+        evidence_service.evidence_get(pack_id=other.pk)
+
+
+# -- the approver's role, recorded when they decide -----------------------------------------------
+
+
+@pytest.fixture
+def deciders(targets, settings):
+    """An unprotected environment, an engineer and two approvers on app-db (as tests/changes_app/test_requests.py)."""
+    settings.FLAMINGOCK_ENVIRONMENT = "staging"
+    return {
+        "eng": person("eng", ENGINEER, operate=("app-db", "journal")),
+        "alice": person("alice", APPROVER, approve=("app-db", "journal")),
+        "bob": person("bob", APPROVER, approve=("app-db", "journal")),
+    }
+
+
+def test_a_decision_records_the_role_groups_its_approver_held_then(make_pipeline, unique, deciders):
+    people = deciders
+    change, _ = applied_table(make_pipeline, unique, people)
+    policy("app-db", "staging", 2)
+    request = submit(ChangeRequest.Kind.UNDO, change, people["eng"]).request
+    services.request_approve(request_id=request.pk, actor=people["alice"].actor, inline=True)
+    services.request_reject(request_id=request.pk, actor=people["bob"].actor, comment="not now")
+    approved = AuditEntry.objects.get(event="request.approved", details__request_id=request.pk)
+    rejected = AuditEntry.objects.get(event="request.rejected", details__request_id=request.pk)
+    assert (approved.actor, approved.details["roles"]) == ("alice", [APPROVER])
+    assert (rejected.actor, rejected.details["roles"]) == ("bob", [APPROVER])

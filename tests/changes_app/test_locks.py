@@ -243,6 +243,23 @@ def test_cancelled_running_run_stops_before_its_next_change(make_pipeline, uniqu
     assert next_action(second) == "APPLY"
 
 
+def test_a_cancellation_seen_by_the_progress_write_stops_the_run_and_writes_no_progress(make_pipeline, unique, journal, monkeypatch):
+    from changes_app.engine import executor as executor_module
+
+    monkeypatch.setattr(executor_module, "PROGRESS_INTERVAL", 0.0)  # progress is due before every change
+    first, second = f"first-{unique}", f"second-{unique}"
+    cancel = "from audit_app.services import Actor\nfrom changes_app import services\nservices.run_cancel(run_id=context.run_id, actor=Actor(name='operator'))"
+    make_pipeline({"main": {"0001_a.py": journal_change(first, apply_extra=cancel), "0002_b.py": journal_change(second)}})
+
+    run = run_pipeline()
+
+    assert (run.status, run.status_reason) == (Run.Status.ABORTED, "cancelled by operator")
+    assert results(run) == {first: "APPLIED", second: "NOT_REACHED"}
+    assert ledger(first, second) == [(first, "STARTED"), (first, "APPLIED")]
+    assert journal.count(change=second) == 0
+    assert run.current_change != second  # the progress naming the second change was never written
+
+
 # -- code skew and duplicate execution ---------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.django_db
 
 VERIFY = "flamingock: verify the audit chain"
 DRIFT = "flamingock: definition and operational drift"
+FLEET_DRIFT = "flamingock: fleet member drift"
 EXPIRE = "flamingock: expire requests"
 
 
@@ -408,9 +409,11 @@ def test_editing_the_interval_a_drift_schedule_uses_is_recorded_for_the_guarded_
     response = client.post(url, {**form_data(client, url), "every": "600", "_save": "Save"})
 
     assert response.status_code == 302, response.context["adminform"].form.errors
-    # The interval is shared with the checkpoint and the request expiry, which are not guarded.
-    assert [(e["schedule"], e["change"], e["before"]["schedule"], e["after"]["schedule"]) for e in schedule_entries()] == [
-        (DRIFT, "edited", "every 300 seconds", "every 600 seconds")
+    # The interval is shared with the checkpoint and the request expiry, which are not guarded, and
+    # with the fleet members' drift check, which is.
+    assert sorted((e["schedule"], e["change"], e["before"]["schedule"], e["after"]["schedule"]) for e in schedule_entries()) == [
+        (DRIFT, "edited", "every 300 seconds", "every 600 seconds"),
+        (FLEET_DRIFT, "edited", "every 300 seconds", "every 600 seconds"),
     ]
 
 
@@ -452,3 +455,33 @@ def test_the_schedule_finding_kind_has_a_label():
     from changes_app.admin.labels import label
 
     assert label("finding_kind", Finding.Kind.SCHEDULE_CHANGED) == "A verification or drift schedule was changed"
+
+
+def test_a_target_groups_policy_form_offers_the_fresh_approval_after_the_canary_and_it_is_saved_and_audited(platform, settings):
+    settings.FLAMINGOCK_TARGET_SYSTEMS = {
+        **settings.FLAMINGOCK_TARGET_SYSTEMS,
+        "tenants": {"kind": "postgres", "dsn_env": "FLAMINGOCK_TEST_TARGET_DSN", "group": {"schemas": ["t_00"]}},
+    }
+    services.target_systems_sync()
+    tenants, app_db = TargetSystem.objects.get(name="tenants"), TargetSystem.objects.get(name="app-db")
+    client = client_of(platform)
+
+    group_form = client.get(reverse("admin:changes_app_targetsystem_change", args=[tenants.pk])).content.decode().split('id="flk-policy-form"')[1]
+    plain_form = client.get(reverse("admin:changes_app_targetsystem_change", args=[app_db.pk])).content.decode().split('id="flk-policy-form"')[1]
+    assert 'name="fleet_canary_approval"' in group_form.split("</form>")[0]
+    assert 'name="fleet_canary_approval"' not in plain_form.split("</form>")[0]
+
+    response = client.post(
+        reverse("admin:changes_app_targetsystem_policy", args=[tenants.pk]),
+        {"environment": "staging", "required_approvals": "1", "fleet_canary_approval": "on", "reason": "canary first, then a look"},
+    )
+    assert any("Policy saved" in m for m in messages_of(response)), messages_of(response)
+    assert ApprovalPolicy.objects.get(target_system=tenants, environment="staging").fleet_canary_approval is True
+    assert AuditEntry.objects.filter(event="policy.changed", reason="canary first, then a look").exists()
+
+    # The same field posted for a target that is not a group is left as it is.
+    client.post(
+        reverse("admin:changes_app_targetsystem_policy", args=[app_db.pk]),
+        {"environment": "staging", "required_approvals": "1", "fleet_canary_approval": "on", "reason": "not a group"},
+    )
+    assert ApprovalPolicy.objects.get(target_system=app_db, environment="staging").fleet_canary_approval is False

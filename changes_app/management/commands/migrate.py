@@ -12,17 +12,15 @@ change nothing), and the creation of test databases.
 from __future__ import annotations
 
 from django.core.management.base import CommandError
+from django.core.management.commands import migrate as django_migrate
 from django.core.management.commands.migrate import Command as DjangoMigrateCommand
-from django.db import connections
-from django.db.migrations.executor import MigrationExecutor
 
 from changes_app.drift.checks import migrate_override_found
 from changes_app.errors import FlamingockError
 from changes_app.governance.identity import IdentityError, cli_actor
 from changes_app.governance.permissions import PermissionRefused, target_operate_check
-from changes_app.pipeline.django_migrations import governed_app_labels
 from changes_app.pipeline.rules import adoption_target
-from changes_app.services.migrate_guard import migrate_guard, test_run
+from changes_app.services.migrate_guard import migrate_guard, test_run, ungoverned_executor, ungoverned_plan
 
 
 class Command(DjangoMigrateCommand):
@@ -73,21 +71,21 @@ class Command(DjangoMigrateCommand):
 
     def ungoverned_handle(self, whole, *args, **options):
         """A plain ``migrate`` of every app, with governed migrations pending: the apps that are not
-        governed are migrated, one app at a time (each by Django's own ``migrate APP``), in every
-        environment; the governed migrations are left to ``flamingock run``, which plans, approves,
-        locks and audits them. An app whose plan pulls in a governed migration is left too."""
-        executor = MigrationExecutor(connections[options["database"]])
-        governed = governed_app_labels()
-        labels = list(dict.fromkeys(m.app_label for m, _ in executor.migration_plan(executor.loader.graph.leaf_nodes())))
-        held = []
-        for label in labels:
-            if label in governed:
-                continue
-            guard = migrate_guard(alias=options["database"], app_label=label)
-            if guard is None or guard.governed:
-                held.append(label)
-                continue
-            super().handle(*args, **{**options, "app_label": label, "migration_name": None})
+        governed are migrated in one plan by Django's own ``migrate`` (``pre_migrate`` and
+        ``post_migrate`` sent once), in every environment; the governed migrations are left to
+        ``flamingock run``, which plans, approves, locks and audits them. An app whose plan pulls
+        in a governed migration is left too."""
+        # One plan of every ungoverned app, as ``migrate`` runs it (one pre_migrate, one
+        # post_migrate), not one ``migrate APP`` per app. Django's command builds its executor by
+        # this module-level name and offers no other hook; a management command runs alone.
+        plan = ungoverned_plan(alias=options["database"])
+        held = plan.held
+        previous = django_migrate.MigrationExecutor
+        django_migrate.MigrationExecutor = ungoverned_executor(plan)
+        try:
+            super().handle(*args, **{**options, "app_label": None, "migration_name": None})
+        finally:
+            django_migrate.MigrationExecutor = previous
         count = len(whole.forwards)
         self.stdout.write(
             f"Left to governance: {count} governed migration{'s' if count != 1 else ''} "

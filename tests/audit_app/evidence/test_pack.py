@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import uuid
 import zipfile
 from datetime import timedelta
 
@@ -176,3 +177,54 @@ def test_a_period_whose_end_is_not_after_its_start_is_refused(tmp_path):
     with pytest.raises(ValueError, match="after its start"):
         build(tmp_path / "x.zip", since=Q1_END, until=Q1_START)
     assert not (tmp_path / "x.zip").exists()
+
+
+def test_an_approvers_role_is_the_one_recorded_at_decision_time_and_inferred_for_older_entries(tmp_path, key):
+    builder = TrailBuilder()
+    builder.grant(Q1_START - timedelta(days=5), "bob", "Approver")
+    builder.grant(Q1_START - timedelta(days=5), "dana", "Approver")
+    at = Q1_START + timedelta(days=3)
+    builder.change(at, "c-older", approver="bob")  # written before decisions recorded roles: inferred
+    builder.add("request.created", at, actor="alice", details={"request_id": 900, "kind": "APPLY"}, change_id="c-recorded", target="app-db")
+    recorded = {"request_id": 900, "kind": "APPLY", "approvals": 1, "required": 1, "final": True, "roles": ["Approver", "Platform admin"]}
+    builder.add("request.approved", at + timedelta(hours=1), actor="dana", details=recorded, change_id="c-recorded", target="app-db")
+    builder.add("run.queued", at + timedelta(hours=2), actor="alice", run_id=str(uuid.UUID(int=900)), details={"request_id": 900})
+    builder.add("change.applied", at + timedelta(hours=3), run_id=str(uuid.UUID(int=900)), state="APPLIED", change_id="c-recorded", target="app-db")
+    # Dana's grants say only "Approver": the recorded roles win, as they were when she decided.
+    builder.add("request.created", at, actor="alice", details={"request_id": 901, "kind": "APPLY"}, change_id="c-none", target="app-db")
+    nothing = {"request_id": 901, "kind": "APPLY", "approvals": 1, "required": 1, "final": True, "roles": []}
+    builder.add("request.approved", at + timedelta(hours=1), actor="dana", details=nothing, change_id="c-none", target="app-db")
+    builder.add("run.queued", at + timedelta(hours=2), actor="alice", run_id=str(uuid.UUID(int=901)), details={"request_id": 901})
+    builder.add("change.applied", at + timedelta(hours=3), run_id=str(uuid.UUID(int=901)), state="APPLIED", change_id="c-none", target="app-db")
+    builder.save()
+    pack = build(tmp_path / "q1.zip")
+    rows = {row["change_id"]: row for row in csv.DictReader(io.StringIO(member(pack.path, offline.CHANGES).decode()))}
+    assert rows["c-older"]["approvers"] == "bob (Approver)"
+    assert rows["c-recorded"]["approvers"] == "dana (Approver, Platform admin)"
+    assert rows["c-none"]["approvers"] == "dana (-)"
+    assert verify_pack(pack.path, public_key=key).problems == []  # the verifier recomputes the same rows
+
+
+def test_a_review_approved_within_the_packs_window_but_recorded_overdue_by_the_product_is_late(tmp_path, key):
+    """The product's deadline at the time of use (its ``review.overdue`` entry) counts even when the
+    pack's window (``review_hours``) would call the approval in time: the two settings may differ."""
+    builder = TrailBuilder()
+    builder.grant(Q1_START - timedelta(days=20), "bob", "Approver")
+    builder.save()
+    builder.checkpoint(Q1_START - timedelta(days=9))
+    use_at = Q1_START + timedelta(days=3)
+    builder.break_glass(use_at, "c-short-window", review_after=timedelta(hours=5))
+    review_id = builder.requests
+    builder.add("review.overdue", use_at + timedelta(hours=4), details={"request_id": review_id, "review_request_id": review_id, "kind": "REVIEW"})
+    builder.add("run.started", Q1_END + timedelta(hours=1))
+    builder.save()
+    builder.checkpoint(Q1_END + timedelta(days=1))
+    assert REVIEW_HOURS > 5  # by the pack's own window alone, the review was in time
+
+    pack = build(tmp_path / "late.zip")
+
+    [control] = [control for control in pack.controls if control["id"] == "emergency_reviewed_in_time"]
+    assert control["result"] == EXCEPTION
+    use = AuditEntry.objects.get(event="break_glass.used", change_id="c-short-window").seq
+    assert [e["reason"] for e in control["exceptions"]] == [f"break-glass #{use} (c-short-window): reviewed late"]
+    assert verify_pack(pack.path, public_key=key).problems == []

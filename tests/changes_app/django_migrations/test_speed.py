@@ -92,3 +92,37 @@ def test_without_squashed_migrations_the_targets_share_one_graph_read_only(djang
     assert {key for key in graph.nodes if key[0].startswith("djm_")} == {
         dm.parse_change_id(change.id) for change in pipeline_load().stages[0].changes
     }
+
+
+def test_an_atomic_migration_runs_in_the_session_transaction_without_a_savepoint_of_its_own(django_apps, monkeypatch):
+    from changes_app.targets import django_migrations as target_module
+    from tests.support.trails import results, run_pipeline
+
+    statements: dict[str, list[str]] = {}
+    apply = target_module.DjangoMigrationTarget.apply
+
+    def watched(self, change_id):
+        seen = statements.setdefault(change_id, [])
+        seen.append(f"-- in a transaction: {connection.in_atomic_block}")
+
+        def wrapper(execute, sql, params, many, context):
+            seen.append(sql)
+            return execute(sql, params, many, context)
+
+        with connection.execute_wrapper(wrapper):
+            apply(self, change_id)
+
+    monkeypatch.setattr(target_module.DjangoMigrationTarget, "apply", watched)
+    atomic = [change.id for change in pipeline_load().stages[0].changes if change.migration.atomic]
+
+    run = run_pipeline()
+
+    assert set(results(run).values()) == {"APPLIED"}, run.status_reason
+    for change_id in atomic:
+        sent = statements[change_id]
+        assert sent[0] == "-- in a transaction: True"  # the session's transaction holds the migration
+        assert not [sql for sql in sent if sql.lstrip().upper().startswith(("SAVEPOINT", "RELEASE"))], (change_id, sent)
+        assert any("django_migrations" in sql and sql.lstrip().upper().startswith("INSERT") for sql in sent), (change_id, sent)
+    # Django's own migration objects are left as they are: only the copy handed over is non-atomic.
+    graph = dm.targets()["default"].executor().loader.graph
+    assert all(graph.nodes[dm.parse_change_id(change_id)].atomic for change_id in atomic)

@@ -113,3 +113,21 @@ def test_api_fleet_plan_is_shown_to_those_who_see_the_group(fleet_world, targets
     assert hidden.status_code == 404
     assert not_a_group.status_code == 409
     assert client_for(admin).get("/api/v1/fleets/plan/tenants/?limit=0").status_code == 400
+
+
+def test_cli_fleet_plan_prints_the_apis_plan_and_refuses_bad_input(fleet_world, targets):
+    admin = person("plan-cli-admin", superuser=True)
+    fleets.members_discover(target="tenants")
+
+    shown = cli("fleet", "plan", "--target", "tenants", "--limit", "2", "--json")
+    text = cli("fleet", "plan", "--target", "tenants")
+
+    assert shown.code == 0, shown.err
+    assert shown.json() == client_for(admin).get("/api/v1/fleets/plan/tenants/?limit=2").json()
+    assert text.code == 0 and "fleet plan of tenants: 4 member(s), 1 change(s)" in text.out
+    assert "fleet-create" in text.out and "APPLY 4" in text.out and "members 1 to 4 of 4" in text.out
+    assert (cli("fleet", "plan").code, "needs --target" in cli("fleet", "plan").err) == (2, True)
+    bad_limit = cli("fleet", "plan", "--target", "tenants", "--limit", "0")
+    assert (bad_limit.code, "--limit 1 to 500" in bad_limit.err) == (2, True)
+    not_a_group = cli("fleet", "plan", "--target", "ext-pg")
+    assert (not_a_group.code, "is not a group of members" in not_a_group.err) == (2, True)

@@ -11,7 +11,7 @@ class ChangesAppConfig(AppConfig):
         # Registering is what these imports do: the system checks, the target kinds (each module
         # registers its kind and templates), and the receivers of run_finished and of permission changes.
         from changes_app import checks  # noqa: F401
-        from changes_app.fleets import services as fleet_services  # noqa: F401  (its request kinds)
+        from changes_app.fleets import services as fleet_services  # noqa: F401  (its request kinds; no Celery import)
         from changes_app.governance import logins
         from changes_app.governance.permission_audit import receivers_connect
         from changes_app.services import notifications, requests  # noqa: F401

@@ -4,8 +4,6 @@ role's). Every action calls a service; the API and the command line call the sam
 
 from __future__ import annotations
 
-import json
-import zipfile
 from datetime import UTC, datetime, time
 
 from django import forms
@@ -14,14 +12,14 @@ from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from changes_app import services
 from changes_app.admin.common import admin_view, badge
 from changes_app.governance.identity import user_actor
 from changes_app.governance.permissions import PermissionRefused
 from changes_app.models import EvidencePack, TargetSystem
-from changes_app.services.evidence import GENERATE, evidence_dir, evidence_file, evidence_request, evidence_visible
+from changes_app.services.evidence import GENERATE, evidence_controls, evidence_file, evidence_request, evidence_visible
 
 STATUS_COLOURS = {"QUEUED": "#757575", "RUNNING": "#1565c0", "DONE": "#2e7d32", "FAILED": "#c62828"}
 RESULT_COLOURS = {"PASS": "#2e7d32", "EXCEPTION": "#c62828", "NOT_APPLICABLE": "#757575"}
@@ -81,7 +79,7 @@ class EvidencePackAdmin(admin.ModelAdmin):
     @admin.display(description="controls")
     def results_badges(self, obj):
         return (
-            format_html(" ".join(str(badge(result, RESULT_COLOURS.get(result, "#757575"))) for result in obj.results.values()))
+            format_html_join(" ", "{}", ((badge(result, RESULT_COLOURS.get(result, "#757575")),) for result in obj.results.values()))
             if obj.results
             else "-"
         )
@@ -126,21 +124,9 @@ class EvidencePackAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "running": pack.status in (EvidencePack.Status.QUEUED, EvidencePack.Status.RUNNING),
             "percent": int(100 * pack.progress / pack.total) if pack.total else (100 if pack.status == EvidencePack.Status.DONE else 0),
-            "controls": _controls(pack),
+            "controls": evidence_controls(pack),
         }
         return TemplateResponse(request, "admin/changes_app/evidencepack/pack.html", context)
-
-
-def _controls(pack: EvidencePack) -> list[dict]:
-    """The controls as the pack's own ``controls.json`` states them (title, result, exceptions), for its
-    page; empty when the file cannot be read, and the page shows the results kept on the row."""
-    if pack.status != EvidencePack.Status.DONE or not pack.file_path:
-        return []
-    try:
-        with zipfile.ZipFile(evidence_dir() / pack.file_path) as archive:
-            return list(json.loads(archive.read("controls.json"))["controls"])
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return []
 
 
 def _day(value) -> datetime:

@@ -16,7 +16,7 @@ from changes_app.api.schema import error_responses
 from changes_app.governance.identity import user_actor
 from changes_app.governance.permissions import PermissionRefused
 from changes_app.governance.refusals import PERMISSION, refusal_record
-from changes_app.services.evidence import GENERATE, evidence_file, evidence_get, evidence_may, evidence_request, evidence_visible
+from changes_app.services.evidence import GENERATE, evidence_controls, evidence_file, evidence_get, evidence_may, evidence_request, evidence_visible
 
 
 def _reader(request, pk: int | None = None):
@@ -56,10 +56,14 @@ class EvidencePackList(APIView):
 class EvidencePackDetail(APIView):
     permission_classes = [permissions.IsAuthenticated]
 
-    @extend_schema(summary="An evidence pack's progress and results", responses={200: s.EvidencePackSerializer, **error_responses(403, 404)})
+    @extend_schema(
+        summary="An evidence pack's progress and results, and once done each control with its exceptions (the pack's controls.json)",
+        responses={200: s.EvidencePackSerializer, **error_responses(403, 404)},
+    )
     def get(self, request, pk: int):
         _reader(request, pk)
-        return Response(s.EvidencePackSerializer(evidence_get(pack_id=pk)).data)
+        pack = evidence_get(pack_id=pk)
+        return Response({**s.EvidencePackSerializer(pack).data, "controls": evidence_controls(pack)})
 
 
 class EvidencePackDownload(APIView):

@@ -13,7 +13,6 @@ import uuid
 from datetime import timedelta
 from types import SimpleNamespace
 
-from celery import group
 from django.conf import settings
 from django.db import connections, transaction
 from django.db.models import Count
@@ -44,7 +43,7 @@ from changes_app.models import ChangeRequest, FleetMember, FleetMemberRun, Fleet
 from changes_app.pipeline.discovery import pipeline_load
 from changes_app.pipeline.plan import Action, resolve
 from changes_app.services.plan import approval_hook
-from changes_app.services.queue import celery_app
+from changes_app.services.queue import tasks_send_group
 from changes_app.services.requests import SubjectKind, requests_withdraw, subject_kind_register
 from changes_app.services.runs import run_finished
 
@@ -309,11 +308,7 @@ def fleet_counts(*, fleet_run_id: uuid.UUID) -> dict[str, int]:
 
 def members_dispatch(member_run_ids: list[int]) -> None:
     """Queue one task per member with Celery's canvas: a group, no chord (no result backend)."""
-    app = celery_app()
-    if MEMBER_TASK not in app.tasks:
-        app.loader.import_default_modules()
-    task = app.tasks[MEMBER_TASK]
-    group(task.si(member_run_id) for member_run_id in member_run_ids).apply_async()
+    tasks_send_group(MEMBER_TASK, args_each=[[member_run_id] for member_run_id in member_run_ids])
 
 
 # -- one member ---------------------------------------------------------------------------------------
@@ -756,10 +751,15 @@ def _connections_broken_close() -> None:
             connection.close()
 
 
+def _continue_rejected(request: ChangeRequest) -> None:
+    """A FLEET_CONTINUE request rejected: the fleet run ends HALTED, under the rejecting approver's name."""
+    _continue_refused(request, actor=_rejecter(request))
+
+
+# The request kinds whose subject is a fleet run; ``ChangesAppConfig.ready`` imports this module.
 subject_kind_register(ChangeRequest.Kind.FLEET_RETRY, SubjectKind(binding=_request_binding, execute=_retry_approved, rejected=lambda request: None))
 subject_kind_register(
-    ChangeRequest.Kind.FLEET_CONTINUE,
-    SubjectKind(binding=_request_binding, execute=_continue_approved, rejected=lambda request: _continue_refused(request, actor=_rejecter(request))),
+    ChangeRequest.Kind.FLEET_CONTINUE, SubjectKind(binding=_request_binding, execute=_continue_approved, rejected=_continue_rejected)
 )
 
 

@@ -14,10 +14,12 @@ Packs are of this environment: one of another is not found, as if it did not exi
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
 import time
+import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -126,6 +128,19 @@ def evidence_request(
             pk = pack.pk
             transaction.on_commit(lambda: task_send(EVIDENCE_TASK, args=[pk]))
     return pack
+
+
+def evidence_controls(pack: EvidencePack) -> list[dict]:
+    """The controls as the pack's own ``controls.json`` states them (id, title, result, what it
+    checked, each exception with its entry), for the admin's pack page and the API's detail; empty
+    when the pack is not done or its file cannot be read (the results kept on the row remain)."""
+    if pack.status != EvidencePack.Status.DONE or not pack.file_path:
+        return []
+    try:
+        with zipfile.ZipFile(evidence_dir() / pack.file_path) as archive:
+            return list(json.loads(archive.read("controls.json"))["controls"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return []
 
 
 def evidence_dir() -> Path:

@@ -22,3 +22,15 @@ def task_send(name: str, *, args: list, task_id: str | None = None, countdown: f
         app.loader.import_default_modules()
     options = {"task_id": task_id} if countdown is None else {"task_id": task_id, "countdown": countdown}
     app.tasks[name].apply_async(args=args, **options)
+
+
+def tasks_send_group(name: str, *, args_each: list[list]) -> None:
+    """Queue one task ``name`` per argument list with Celery's canvas: a group, no chord (the product
+    keeps no result backend)."""
+    from celery import group  # here, not at the top: the command line starts without Celery
+
+    app = celery_app()
+    if name not in app.tasks:
+        app.loader.import_default_modules()
+    task = app.tasks[name]
+    group(task.si(*args) for args in args_each).apply_async()

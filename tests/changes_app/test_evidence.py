@@ -86,6 +86,9 @@ def test_a_compliance_officer_asks_through_the_api_follows_its_progress_and_down
     evidence_generate(pack_id=body["id"])  # what the worker's task calls (a real worker: test_evidence_worker.py)
     done = client.get(f"/api/v1/evidence/{body['id']}/").json()
     assert done["status"] == "DONE" and done["results"] == dict.fromkeys(CONTROL_TITLES, EXCEPTION)
+    # The detail carries each control with its exceptions, as the admin's pack page shows them.
+    assert {control["id"]: control["result"] for control in done["controls"]} == done["results"]
+    assert all(control["exceptions"] and all("reason" in e and "seq" in e for e in control["exceptions"]) for control in done["controls"])
     assert done["progress"] == done["total"] == AuditEntry.objects.filter(created_at__gte=Q1_START, created_at__lt=Q1_END).count()
     download = client.get(f"/api/v1/evidence/{body['id']}/download/")
     assert download.status_code == 200 and download["Content-Type"] == "application/zip"

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, connections, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit_app.models import APPLIED_STATES, ChangeState
@@ -32,6 +31,7 @@ from changes_app.drift.django_migrations import KINDS as DJANGO_DRIFT_KINDS
 from changes_app.drift.django_migrations import django_drift_observe
 from changes_app.drift.findings import finding_as_dict
 from changes_app.drift.notifications import finding_notify, findings_notify_grouped
+from changes_app.engine.probes import ProbeContext, verify_probe
 from changes_app.errors import ActionRefused, NotFound, PipelineInvalid, require_reason
 from changes_app.governance.permissions import PermissionRefused
 from changes_app.locks.backends import lock_backend
@@ -218,44 +218,16 @@ def _worker_stale_condition(worker: str, digest: str, *, evidence: dict[str, Any
     )
 
 
-class _ProbeContext:
-    """The ``context`` dependency of a probe: like a run's, without a run."""
-
-    def __init__(self, change_id: str, environment: str):
-        self.run_id = None
-        self.change_id = change_id
-        self.environment = environment
-        self.idempotency_key = f"{change_id}:drift"
-        self.log = logging.getLogger(f"flamingock.change.{change_id}")
-
-
 def probe_run(change, target, *, timeout: float) -> tuple[bool | None, str]:
     """Run ``change``'s verify against a fresh instance of ``target`` in a thread; give up after
     ``timeout`` seconds. Returns (present, error): present is None when the probe raised or hung."""
-    outcome: dict[str, Any] = {}
-
-    def probe() -> None:
-        # A fresh instance: a hung probe keeps its own connection, never one a run shares.
-        system = type(target)(target.name, target.config)
-        try:
-            with system.session(atomic=False) as session:
-                outcome["present"] = bool(change.verify({**session, "context": _ProbeContext(change.id, current_environment())}))
-        except BaseException as error:  # the probe's failure is a finding, never the check's crash
-            outcome["error"] = f"{type(error).__name__}: {error}"
-        finally:
-            try:
-                system.close()
-            finally:
-                connections.close_all()
-
-    thread = threading.Thread(target=probe, name=f"flamingock-probe-{change.id}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        return None, f"the probe did not answer within {timeout:g} seconds"
-    if "error" in outcome:
-        return None, outcome["error"]
-    return outcome["present"], ""
+    return verify_probe(
+        change,
+        lambda: type(target)(target.name, target.config),
+        ProbeContext(change.id, current_environment()),
+        timeout=timeout,
+        name=f"flamingock-probe-{change.id}",
+    )
 
 
 def live_observe() -> Observation:

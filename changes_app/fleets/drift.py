@@ -13,16 +13,15 @@ this module observed.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from django.conf import settings
-from django.db import connections
 from django.db.models import F
 from django.utils import timezone
 
 from audit_app.models import APPLIED_STATES, MemberChangeState
 from changes_app.conf import current_environment
+from changes_app.engine.probes import ProbeContext, verify_probe
 from changes_app.fleets.executor import group_pipeline
 from changes_app.fleets.groups import group_names, member_target
 from changes_app.models import FleetMember
@@ -40,45 +39,16 @@ def drift_batch_size() -> int:
     return max(1, int(getattr(settings, "FLAMINGOCK_FLEET_DRIFT_BATCH", DEFAULT_BATCH)))
 
 
-class _ProbeContext:
-    """The ``context`` dependency of a member's probe: like a run's, without a run."""
-
-    def __init__(self, change_id: str, member: str):
-        self.run_id = None
-        self.change_id = change_id
-        self.member = member
-        self.environment = current_environment()
-        self.idempotency_key = f"{change_id}:{member}:drift"
-        self.log = logging.getLogger(f"flamingock.change.{change_id}")
-
-
 def member_probe(change, *, target: str, member: str, timeout: float) -> tuple[bool | None, str]:
     """Run ``change``'s verify on ``member``'s own connection in a thread; give up after ``timeout``
     seconds. Returns (present, error): present is ``None`` when the probe raised or hung."""
-    outcome: dict[str, Any] = {}
-
-    def probe() -> None:
-        # The member's own target, made in the thread: a hung probe keeps its connection to itself.
-        system = member_target(target, member)
-        try:
-            with system.session(atomic=False) as session:
-                outcome["present"] = bool(change.verify({**session, "context": _ProbeContext(change.id, member)}))
-        except BaseException as error:  # the probe's failure is a finding, never the check's crash
-            outcome["error"] = f"{type(error).__name__}: {error}"
-        finally:
-            try:
-                system.close()
-            finally:
-                connections.close_all()
-
-    thread = threading.Thread(target=probe, name=f"flamingock-member-probe-{member}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        return None, f"the probe did not answer within {timeout:g} seconds"
-    if "error" in outcome:
-        return None, outcome["error"]
-    return outcome["present"], ""
+    return verify_probe(
+        change,
+        lambda: member_target(target, member),
+        ProbeContext(change.id, current_environment(), member=member),
+        timeout=timeout,
+        name=f"flamingock-member-probe-{member}",
+    )
 
 
 def members_drift_observe(*, batch: int | None = None) -> dict[str, Any]:

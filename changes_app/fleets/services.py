@@ -210,15 +210,7 @@ def fleet_advance(*, fleet_run_id: uuid.UUID, actor: Actor = REAPER) -> FleetRun
         if not fleet.halted and failed and (len(failed) >= fleet.max_failures or any(wave == 0 for _, wave in failed)):
             canary = [name for name, wave in failed if wave == 0]
             why = f"canary member(s) failed: {', '.join(canary)}" if canary else f"{len(failed)} member(s) failed (halt at {fleet.max_failures})"
-            fleet.halted, fleet.status_reason = True, why
-            FleetRun.objects.filter(pk=fleet.pk).update(halted=True, status_reason=why)
-            audit_record(
-                event="fleet.halted",
-                actor=actor,
-                environment=fleet.environment,
-                reason=why,
-                details={"fleet_run": str(fleet.pk), "target": fleet.target, "failed": [name for name, _ in failed]},
-            )
+            _halt(fleet, why, actor=actor, failed=[name for name, _ in failed])
         pending = fleet.members.filter(status=FleetMemberRun.Status.PENDING)
         wave = pending.order_by("wave").values_list("wave", flat=True).first()
         awaiting = False
@@ -275,6 +267,19 @@ def _fleet_await(fleet: FleetRun, *, actor: Actor) -> None:
         environment=fleet.environment,
         reason=why,
         details={"fleet_run": str(fleet.pk), "target": fleet.target, "request_id": request.pk, "canary_succeeded": succeeded},
+    )
+
+
+def _halt(fleet: FleetRun, why: str, *, actor: Actor, failed: list[str], **details) -> None:
+    """Start no more members of ``fleet`` (its members under way finish), audited as ``fleet.halted``."""
+    fleet.halted, fleet.status_reason = True, why
+    FleetRun.objects.filter(pk=fleet.pk).update(halted=True, status_reason=why)
+    audit_record(
+        event="fleet.halted",
+        actor=actor,
+        environment=fleet.environment,
+        reason=why,
+        details={"fleet_run": str(fleet.pk), "target": fleet.target, **details, "failed": failed},
     )
 
 
@@ -649,15 +654,7 @@ def _continue_refused(request: ChangeRequest, *, actor: Actor = REAPER) -> Fleet
         why = f"request #{request.pk} to continue after the canary was {request.status.lower()}"
         if request.status_reason:
             why += f": {request.status_reason}"
-        fleet.halted, fleet.status_reason = True, why
-        FleetRun.objects.filter(pk=fleet.pk).update(halted=True, status_reason=why)
-        audit_record(
-            event="fleet.halted",
-            actor=actor,
-            environment=fleet.environment,
-            reason=why,
-            details={"fleet_run": str(fleet.pk), "target": fleet.target, "request_id": request.pk, "failed": []},
-        )
+        _halt(fleet, why, actor=actor, failed=[], request_id=request.pk)
         total_failed = fleet.members.filter(status=FleetMemberRun.Status.FAILED).count()
         _fleet_finish(fleet, failed=total_failed, actor=actor)
     fleet.refresh_from_db()

@@ -8,6 +8,8 @@ import json
 import psycopg
 import pytest
 
+from changes_app.fleets import services as fleets
+
 FAIL_FLAG = "FLEET_TEST_FAIL_FLAG"
 
 
@@ -24,6 +26,24 @@ def group_change(change_id: str, sql: str, *, target: str = "tenants", fail_on: 
         lines.append("        if flag.exists() and schema in flag.read_text().split():")
         lines.append("            raise RuntimeError(f'bug on {schema}')")
     return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def inline(monkeypatch):
+    """Members' tasks collected instead of sent; ``drain()`` runs them here until none is left
+    (``drain(limit)``: at most ``limit``); ``drain.queued`` is what waits."""
+    queued: list[int] = []
+    monkeypatch.setattr(fleets, "members_dispatch", lambda ids: queued.extend(ids))
+
+    def drain(limit: int | None = None) -> int:
+        done = 0
+        while queued and (limit is None or done < limit):
+            fleets.fleet_member_execute(member_run_id=queued.pop(0))
+            done += 1
+        return done
+
+    drain.queued = queued
+    return drain
 
 
 @pytest.fixture

@@ -19,18 +19,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def inline(monkeypatch):
-    queued: list[int] = []
-    monkeypatch.setattr(fleets, "members_dispatch", lambda ids: queued.extend(ids))
-
-    def drain() -> None:
-        while queued:
-            fleets.fleet_member_execute(member_run_id=queued.pop(0))
-
-    return drain
-
-
-@pytest.fixture
 def fleet_world(group_targets, tenant_schemas, make_pipeline, tmp_path):
     group_targets({"schemas": tenant_schemas(4)})
     flag = tmp_path / "bug"

@@ -29,18 +29,6 @@ OPERATOR = Actor(name="tests", via="tests")
 
 
 @pytest.fixture
-def inline(monkeypatch):
-    queued: list[int] = []
-    monkeypatch.setattr(fleets, "members_dispatch", lambda ids: queued.extend(ids))
-
-    def drain() -> None:
-        while queued:
-            fleets.fleet_member_execute(member_run_id=queued.pop(0))
-
-    return drain
-
-
-@pytest.fixture
 def one_change(group_targets, tenant_schemas, make_pipeline):
     def make(count: int) -> list[str]:
         names = tenant_schemas(count)

@@ -33,23 +33,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 OPERATOR = Actor(name="tests", via="tests")
 
 
-@pytest.fixture
-def inline(monkeypatch):
-    """Members' tasks collected instead of sent; ``drain()`` runs them here until none is left."""
-    queued: list[int] = []
-    monkeypatch.setattr(fleets, "members_dispatch", lambda ids: queued.extend(ids))
-
-    def drain(limit: int | None = None) -> int:
-        done = 0
-        while queued and (limit is None or done < limit):
-            fleets.fleet_member_execute(member_run_id=queued.pop(0))
-            done += 1
-        return done
-
-    drain.queued = queued
-    return drain
-
-
 def start(**policy) -> FleetRun:
     return fleets.fleet_run_start(actor=OPERATOR, target="tenants", source="CLI", **policy)
 

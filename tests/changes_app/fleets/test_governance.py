@@ -33,19 +33,6 @@ OPERATOR = Actor(name="tests", via="tests")
 
 
 @pytest.fixture
-def inline(monkeypatch):
-    queued: list[int] = []
-    monkeypatch.setattr(fleets, "members_dispatch", lambda ids: queued.extend(ids))
-
-    def drain() -> None:
-        while queued:
-            fleets.fleet_member_execute(member_run_id=queued.pop(0))
-
-    drain.queued = queued
-    return drain
-
-
-@pytest.fixture
 def world(group_targets, tenant_schemas, make_pipeline, tmp_path):
     """Six schemas, one change that fails on the members named in ``flag``; an engineer who
     operates the group, an approver of it, and someone with neither."""

@@ -12,7 +12,7 @@ class ChangesAppConfig(AppConfig):
         # registers its kind and templates), and the receivers of run_finished and of permission changes.
         from changes_app import checks  # noqa: F401
         from changes_app.fleets import services as fleet_services  # noqa: F401  (its request kinds; no Celery import)
-        from changes_app.governance import logins
+        from changes_app.governance import logins, permission_version
         from changes_app.governance.permission_audit import receivers_connect
         from changes_app.services import notifications, requests  # noqa: F401
         from changes_app.services.schedules import schedules_ensure
@@ -22,6 +22,7 @@ class ChangesAppConfig(AppConfig):
         load_entry_point_kinds()
         post_migrate.connect(schedules_ensure, sender=self, dispatch_uid="flamingock.schedules_ensure")
         receivers_connect()
+        permission_version.receivers_connect()
         logins.receivers_connect()
 
 

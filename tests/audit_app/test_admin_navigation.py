@@ -26,6 +26,7 @@ from audit_app.models import AuditCheckpoint, Verification, VerificationRequest
 from audit_app.services import Actor
 from audit_app.verify_requests import coverage
 from changes_app.admin import site as site_module
+from changes_app.governance import permission_version
 from changes_app.models import TargetSystem
 from tests.support.audit import entry_write
 
@@ -159,7 +160,7 @@ def test_a_cache_that_does_not_answer_costs_the_kept_list_not_the_page(officer, 
     def down(*args, **kwargs):
         raise ConnectionError("cache down")
 
-    monkeypatch.setattr(site_module.cache, "get", down)
+    monkeypatch.setattr(permission_version.cache, "get", down)
     for _ in range(2):
         assert officer.get(reverse(CHANGELIST)).status_code == 200
     assert builds == [None, None], "computed for each page"
